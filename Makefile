@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` and `make test`. Each does its own set-up.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: install demo test lint services bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: three instances exchanging pub/sub messages (in memory; AMQP_URL=amqp://... for a broker)
+demo: install
+	$(VENV)/bin/clusterbus demo $(if $(AMQP_URL),--amqp-url $(AMQP_URL))
+
+## services: make sure RabbitMQ and Redis answer on 127.0.0.1 (starts them if not)
+services:
+	bash .ci/services.sh
+
+## lint: ruff and mypy --strict
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+## test: the whole suite (lint, then every test on both backends against the real broker)
+test: install services lint
+	$(PY) -m pytest
+
+## bench: the benchmarks (peers installed from the bench extra)
+bench: install services
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m benchmarks.pubsub
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

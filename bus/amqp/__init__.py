@@ -1,0 +1,6 @@
+"""The RabbitMQ backend (aio-pika): one robust connection per instance and what rides on it."""
+
+from bus.amqp.broadcast import AmqpBroadcast
+from bus.amqp.transport import AmqpTransport
+
+__all__ = ["AmqpBroadcast", "AmqpTransport"]

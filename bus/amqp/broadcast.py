@@ -1,0 +1,168 @@
+"""Pub/sub on RabbitMQ: a fanout exchange per channel, one exclusive queue per instance."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustQueue,
+)
+from structlog.typing import FilteringBoundLogger
+
+from bus.amqp.topology import instance_queue, pubsub_exchange, pubsub_prefix
+from bus.amqp.transport import AmqpTransport
+from bus.codec import CONTENT_TYPE
+from managers.envelope import HEADER_SENDER, HEADER_TRACE_ID, Envelope
+from managers.protocols import Receiver
+
+
+class AmqpBroadcast:
+    """One instance's pub/sub on RabbitMQ (implements ``BroadcastBackend``).
+
+    Publishing: exchange ``<app>.pubsub.<channel>`` (fanout, declared once per channel on the
+    confirming channel), non-persistent messages, not mandatory (no subscriber is not an
+    error), confirmed by the broker before ``publish`` returns. Receiving: one exclusive
+    auto-delete queue ``<app>.instance.<id>`` bound to every subscribed channel, consumed with
+    prefetch ``pubsub_prefetch`` and acked after the handlers ran. aio-pika's robust channel
+    re-declares the exchanges, the queue, its bindings and the consumer after a reconnect.
+    """
+
+    def __init__(self, transport: AmqpTransport, log: FilteringBoundLogger) -> None:
+        self._transport = transport
+        self._log = log
+        self._app = transport.app
+        self._prefix = pubsub_prefix(transport.app)
+        self._declared: dict[str, AbstractExchange] = {}
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractRobustQueue | None = None
+        self._consumer_tag: str | None = None
+        self._receiver: Receiver | None = None
+
+    @property
+    def queue_name(self) -> str:
+        """The name of this instance's pub/sub queue."""
+        return instance_queue(self._app, self._transport.instance_id)
+
+    async def start(self, receiver: Receiver) -> None:
+        """Open the consuming channel, declare the instance queue and start consuming."""
+        self._receiver = receiver
+        settings = self._transport.settings
+
+        async def open_consumer() -> None:
+            channel = await self._transport.connection.channel(publisher_confirms=False)
+            assert isinstance(channel, AbstractRobustChannel)
+            await channel.set_qos(prefetch_count=settings.pubsub_prefetch)
+            queue = await channel.declare_queue(
+                self.queue_name,
+                exclusive=True,
+                auto_delete=True,
+                arguments={"x-max-length": settings.pubsub_max_backlog},
+            )
+            assert isinstance(queue, AbstractRobustQueue)
+            self._channel, self._queue = channel, queue
+            self._consumer_tag = await queue.consume(self._on_message)
+
+        await self._transport.bounded("starting pub/sub", open_consumer)
+        self._declared.clear()
+
+    async def stop(self) -> None:
+        """Cancel the consumer and close the consuming channel (the queue goes with it)."""
+        channel, self._channel = self._channel, None
+        queue, self._queue = self._queue, None
+        if queue is not None and self._consumer_tag is not None:
+            try:
+                await self._transport.bounded(
+                    "cancelling pub/sub", lambda: queue.cancel(self._consumer_tag or "")
+                )
+            except Exception as exc:
+                self._log.warning("pubsub.cancel_failed", error=str(exc))
+        self._consumer_tag = None
+        if channel is not None:
+            try:
+                await asyncio.wait_for(channel.close(), self._transport.settings.publish_timeout)
+            except Exception as exc:
+                self._log.warning("pubsub.close_failed", error=str(exc))
+
+    async def bind(self, channel: str) -> None:
+        """Bind the instance queue to ``channel``'s exchange (declared on the consuming channel
+        too, so that a reconnect re-declares it before re-binding)."""
+        consumer, queue = self._channel, self._queue
+        assert consumer is not None and queue is not None
+
+        async def declare_and_bind() -> None:
+            exchange = await consumer.declare_exchange(
+                pubsub_exchange(self._app, channel), aio_pika.ExchangeType.FANOUT
+            )
+            await queue.bind(exchange)
+
+        await self._transport.bounded(f"subscribing to {channel!r}", declare_and_bind)
+
+    async def unbind(self, channel: str) -> None:
+        """Unbind the instance queue from ``channel``'s exchange."""
+        queue = self._queue
+        if queue is None:
+            return
+        await self._transport.bounded(
+            f"unsubscribing from {channel!r}",
+            lambda: queue.unbind(pubsub_exchange(self._app, channel)),
+        )
+
+    async def publish(self, channel: str, envelope: Envelope) -> None:
+        """Publish to ``channel``'s exchange and wait for the broker's confirm."""
+        message = aio_pika.Message(
+            envelope.body,
+            message_id=envelope.message_id,
+            content_type=CONTENT_TYPE,
+            timestamp=datetime.fromtimestamp(envelope.timestamp, UTC),
+            app_id=self._app,
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            headers={
+                HEADER_SENDER: envelope.sender,
+                HEADER_TRACE_ID: envelope.trace_id,
+                **envelope.headers,
+            },
+        )
+
+        async def send() -> None:
+            exchange = self._declared.get(channel)
+            if exchange is None:
+                exchange = await self._transport.publish_channel.declare_exchange(
+                    pubsub_exchange(self._app, channel), aio_pika.ExchangeType.FANOUT
+                )
+                self._declared[channel] = exchange
+            await exchange.publish(message, routing_key="", mandatory=False)
+
+        await self._transport.bounded(f"publishing on {channel!r}", send)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        receiver = self._receiver
+        exchange = message.exchange or ""
+        try:
+            if receiver is None or not exchange.startswith(self._prefix):
+                self._log.warning(
+                    "pubsub.unexpected_message", exchange=exchange, message_id=message.message_id
+                )
+                return
+            headers = message.headers
+            timestamp = message.timestamp
+            envelope = Envelope(
+                body=message.body,
+                message_id=message.message_id or "",
+                sender=str(headers.get(HEADER_SENDER, "")),
+                trace_id=str(headers.get(HEADER_TRACE_ID, "")),
+                timestamp=timestamp.timestamp() if timestamp is not None else 0.0,
+                headers=headers,
+            )
+            await receiver(exchange[len(self._prefix) :], envelope)
+        finally:
+            try:
+                await message.ack()
+            except Exception as exc:  # a dead channel: the broker has requeued or dropped it
+                self._log.warning(
+                    "pubsub.ack_failed", message_id=message.message_id, error=str(exc)
+                )

@@ -1,0 +1,147 @@
+"""The connection of one instance: robust, heartbeating, bounded in every wait."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.connection import make_url
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+from structlog.typing import FilteringBoundLogger
+from yarl import URL
+
+from bus.settings import Settings
+from managers.errors import BusError, BusUnavailable
+
+T = TypeVar("T")
+
+# What the broker answers when it refuses an operation (unroutable message, missing entity,
+# arguments that differ from the declared ones, access refused): not an outage.
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.DeliveryError,
+    aiormq.exceptions.PublishError,
+    aiormq.exceptions.ChannelNotFoundEntity,
+    aiormq.exceptions.ChannelPreconditionFailed,
+    aiormq.exceptions.ChannelAccessRefused,
+)
+
+# What a dead or unreachable broker looks like from aio-pika/aiormq.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    OSError,
+    AMQPError,
+    ChannelInvalidStateError,
+    RuntimeError,
+)
+
+
+class AmqpTransport:
+    """Owns an instance's robust connection and its publishing channel.
+
+    The publishing channel has publisher confirms and raises on returned (unroutable)
+    mandatory messages. Every operation that waits on the broker is bounded: a dead broker
+    surfaces as :class:`BusUnavailable`, never as a hang.
+    """
+
+    def __init__(
+        self, settings: Settings, *, app: str, instance_id: str, log: FilteringBoundLogger
+    ) -> None:
+        if settings.amqp_url is None:
+            raise BusError("amqp_url is not set")
+        self.settings = settings
+        self.app = app
+        self.instance_id = instance_id
+        self._log = log
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self.reconnects = 0
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        """The robust connection (only after :meth:`connect`)."""
+        if self._connection is None:
+            raise BusError("the AMQP transport is not connected")
+        return self._connection
+
+    @property
+    def publish_channel(self) -> AbstractRobustChannel:
+        """The confirming channel used for every publish."""
+        if self._publish_channel is None:
+            raise BusError("the AMQP transport is not connected")
+        return self._publish_channel
+
+    def _url(self) -> URL:
+        assert self.settings.amqp_url is not None
+        url = URL(self.settings.amqp_url.get_secret_value())
+        return url.update_query(
+            heartbeat=max(1, round(self.settings.heartbeat)),
+            reconnect_interval=self.settings.reconnect_interval,
+        )
+
+    async def connect(self) -> None:
+        """Connect within ``connect_timeout`` or raise :class:`BusUnavailable`."""
+        timeout = self.settings.connect_timeout
+        connection = aio_pika.RobustConnection(
+            make_url(self._url()),
+            client_properties={"connection_name": f"clusterbus {self.app} {self.instance_id}"},
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await connection.connect(timeout=timeout)
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except UNAVAILABLE_ERRORS as exc:
+            await _close_quietly(connection)
+            raise BusUnavailable(
+                f"cannot reach RabbitMQ at {self.settings.amqp_url_redacted()} within "
+                f"{timeout}s (connect_timeout): {type(exc).__name__}: {exc}"
+            ) from exc
+        except BaseException:
+            await _close_quietly(connection)
+            raise
+        assert isinstance(channel, AbstractRobustChannel)
+        self._connection = connection
+        self._publish_channel = channel
+        connection.close_callbacks.add(self._on_close)
+        connection.reconnect_callbacks.add(self._on_reconnect)
+        self._log.info("amqp.connected", url=self.settings.amqp_url_redacted())
+
+    async def close(self) -> None:
+        """Close the connection (and with it every channel)."""
+        connection, self._connection = self._connection, None
+        self._publish_channel = None
+        if connection is not None:
+            connection.close_callbacks.discard(self._on_close)
+            await _close_quietly(connection)
+            self._log.info("amqp.closed")
+
+    def _on_close(self, _sender: object, exc: BaseException | None) -> None:
+        if self._connection is not None:
+            self._log.warning("amqp.connection_lost", error=repr(exc))
+
+    def _on_reconnect(self, _sender: object) -> None:
+        self.reconnects += 1
+        self._log.info("amqp.reconnected", reconnects=self.reconnects)
+
+    async def bounded(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a broker operation within ``publish_timeout``; :class:`BusUnavailable` if not."""
+        timeout = self.settings.publish_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await operation()
+        except REFUSED_ERRORS as exc:
+            raise BusError(f"{what}: RabbitMQ refused it: {type(exc).__name__}: {exc}") from exc
+        except UNAVAILABLE_ERRORS as exc:
+            raise BusUnavailable(
+                f"{what}: RabbitMQ did not answer within {timeout}s (publish_timeout): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+
+async def _close_quietly(connection: Any) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connection.close(), timeout=5)

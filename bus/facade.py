@@ -1,0 +1,137 @@
+"""The :class:`Bus`: one object per instance that owns settings, logging, the connection and
+the managers of the primitives."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Literal, Self
+
+from pydantic import SecretStr
+
+from bus.codec import MsgpackCodec
+from bus.instance import new_instance_id
+from bus.logs import configure_logging, get_logger
+from bus.memory import MemoryBroadcast, MemoryHub, default_hub
+from bus.settings import Settings
+from managers.errors import BusError
+from managers.names import validate_app_name
+from managers.protocols import BroadcastBackend
+from managers.pubsub import PubSubManager
+
+Mode = Literal["memory", "amqp"]
+
+
+class Bus:
+    """One instance of an app in the cluster.
+
+    ``Bus("crm")`` runs in memory mode unless ``CLUSTERBUS_AMQP_URL`` is set;
+    ``Bus("crm", amqp_url=...)`` on RabbitMQ; ``Bus("crm", hub=MemoryHub())`` in memory mode on
+    an isolated hub. Use ``async with Bus(...) as bus:`` or ``start()``/``stop()``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        amqp_url: str | None = None,
+        hub: MemoryHub | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.name: str = validate_app_name(name)
+        base = settings if settings is not None else Settings()
+        if amqp_url is not None:
+            if hub is not None:
+                raise ValueError("pass either amqp_url= (amqp mode) or hub= (memory mode)")
+            base = Settings.model_validate({**_fields(base), "amqp_url": SecretStr(amqp_url)})
+        self.settings: Settings = base
+        self.mode: Mode = "amqp" if base.amqp_url is not None and hub is None else "memory"
+        self.instance_id: str = new_instance_id()
+        configure_logging(base.log_level, base.log_format)
+        self.log = get_logger(app=self.name, instance=self.instance_id)
+        self.codec = MsgpackCodec(base.max_message_bytes)
+        self.hub: MemoryHub | None = None
+        self._transport = None
+        broadcast: BroadcastBackend
+        if self.mode == "amqp":
+            from bus.amqp import AmqpBroadcast, AmqpTransport
+
+            transport = AmqpTransport(
+                base, app=self.name, instance_id=self.instance_id, log=self.log
+            )
+            self._transport = transport
+            broadcast = AmqpBroadcast(transport, self.log)
+        else:
+            self.hub = hub if hub is not None else default_hub()
+            broadcast = MemoryBroadcast(self.hub, self.name, base.pubsub_prefetch)
+        self.pubsub = PubSubManager(
+            instance_id=self.instance_id,
+            backend=broadcast,
+            codec=self.codec,
+            log=self.log,
+            stop_timeout=base.stop_timeout,
+            context={"app": self.name, "instance": self.instance_id},
+        )
+        self._state: Literal["new", "started", "stopped"] = "new"
+
+    @property
+    def started(self) -> bool:
+        """True between a successful ``start()`` and ``stop()``."""
+        return self._state == "started"
+
+    async def start(self) -> None:
+        """Connect (amqp mode) and bind every subscription made so far.
+
+        Raises :class:`~bus.errors.BusUnavailable` within ``connect_timeout`` when the broker
+        cannot be reached. Starting a started bus is a no-op; a stopped bus cannot restart.
+        """
+        if self._state == "started":
+            return
+        if self._state == "stopped":
+            raise BusError(f"bus {self.name!r} was stopped; create a new Bus to start again")
+        try:
+            if self._transport is not None:
+                await self._transport.connect()
+            await self.pubsub.start()
+        except BaseException:
+            await self._close()
+            raise
+        self._state = "started"
+        self.log.info("bus.started", mode=self.mode, amqp_url=self.settings.amqp_url_redacted())
+
+    async def stop(self) -> None:
+        """Stop deliveries (waiting up to ``stop_timeout`` for running handlers), then close.
+
+        Idempotent, and a no-op on a bus that never started.
+        """
+        if self._state != "started":
+            return
+        self._state = "stopped"
+        try:
+            await self.pubsub.stop()
+        finally:
+            await self._close()
+        self.log.info("bus.stopped")
+
+    async def _close(self) -> None:
+        if self._transport is not None:
+            await self._transport.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Bus {self.name!r} {self.mode} instance={self.instance_id} {self._state}>"
+
+
+def _fields(settings: Settings) -> dict[str, object]:
+    """The explicitly known values of ``settings``, to rebuild it with one field changed."""
+    return {name: getattr(settings, name) for name in Settings.model_fields}

@@ -1,0 +1,49 @@
+"""The message envelope every backend carries: an encoded body plus its metadata."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+HEADER_SENDER = "x-sender"
+HEADER_TRACE_ID = "x-trace-id"
+HEADER_SKIP_SELF = "x-skip-self"
+
+
+def new_message_id() -> str:
+    """A fresh message id (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+def current_trace_id() -> str:
+    """The trace id bound in the structlog context, or a new one."""
+    trace_id = structlog.contextvars.get_contextvars().get("trace_id")
+    return trace_id if isinstance(trace_id, str) and trace_id else uuid.uuid4().hex
+
+
+@dataclass(slots=True, frozen=True)
+class Envelope:
+    """An encoded message as it travels: body bytes and the properties SPEC's Envelope names."""
+
+    body: bytes
+    message_id: str
+    sender: str
+    trace_id: str
+    timestamp: float = field(default_factory=time.time)
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, body: bytes, *, sender: str, headers: Mapping[str, Any] | None = None) -> Envelope:
+        """Wrap ``body`` with a new message id and the current trace id."""
+        return cls(
+            body=body,
+            message_id=new_message_id(),
+            sender=sender,
+            trace_id=current_trace_id(),
+            headers=dict(headers or {}),
+        )

@@ -1,0 +1,314 @@
+"""Pub/sub: broadcast to every subscribed instance, with skip_self, only_self and debounce."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import structlog
+from pydantic import BaseModel
+from structlog.typing import FilteringBoundLogger
+
+from managers.debounce import Debouncer
+from managers.envelope import HEADER_SKIP_SELF, Envelope
+from managers.errors import BusError, PayloadError
+from managers.names import validate_channel
+from managers.protocols import BroadcastBackend, Codec
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+class Subscription:
+    """One handler subscribed to one channel; ``cancel()`` unsubscribes it."""
+
+    __slots__ = ("_manager", "channel", "debounce", "handler", "model")
+
+    def __init__(
+        self,
+        manager: PubSubManager,
+        channel: str,
+        handler: Handler,
+        debounce: float,
+        model: type[BaseModel] | None,
+    ) -> None:
+        self._manager = manager
+        self.channel = channel
+        self.handler = handler
+        self.debounce = debounce
+        self.model = model
+
+    async def cancel(self) -> None:
+        """Unsubscribe this handler from its channel."""
+        await self._manager.unsubscribe(self.channel, self.handler)
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.channel!r} {self.handler!r} debounce={self.debounce}>"
+
+
+class PubSubManager:
+    """Cross-instance broadcast over a :class:`~managers.protocols.BroadcastBackend`.
+
+    Delivery is at-most-once to every instance subscribed when the message is published.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        backend: BroadcastBackend,
+        codec: Codec,
+        log: FilteringBoundLogger,
+        stop_timeout: float,
+        context: dict[str, str],
+    ) -> None:
+        self._instance_id = instance_id
+        self._backend = backend
+        self._codec = codec
+        self._log = log
+        self._stop_timeout = stop_timeout
+        self._context = context
+        self._subs: dict[str, dict[Handler, Subscription]] = {}
+        self._bound: set[str] = set()
+        self._bind_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._debouncer = Debouncer(self._spawn)
+        self._started = False
+        self._stopping = False
+
+    # lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start receiving and bind every channel subscribed so far."""
+        if self._started:
+            return
+        self._stopping = False
+        await self._backend.start(self._receive)
+        self._started = True
+        for channel in list(self._subs):
+            await self._reconcile(channel)
+
+    async def stop(self) -> None:
+        """Stop deliveries, drop pending debounced calls, wait for running handlers."""
+        if not self._started:
+            self._debouncer.cancel_all()
+            return
+        self._stopping = True
+        dropped = self._debouncer.cancel_all()
+        if dropped:
+            self._log.info("pubsub.debounce_cancelled", count=dropped)
+        await self._backend.stop()
+        self._started = False
+        self._bound.clear()
+        running = {t for t in self._inflight | self._tasks if t is not asyncio.current_task()}
+        if running:
+            _, late = await asyncio.wait(running, timeout=self._stop_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                self._log.warning("pubsub.handlers_cancelled", count=len(late))
+                await asyncio.wait(late)
+
+    # subscriptions ---------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        channel: str,
+        handler: Handler,
+        *,
+        debounce: float = 0.0,
+        model: type[BaseModel] | None = None,
+    ) -> Subscription:
+        """Call ``handler(message)`` for every message published on ``channel``.
+
+        Subscribing the same handler twice keeps one subscription (the first). With
+        ``debounce`` > 0, equal payloads within that many seconds collapse into one call made
+        ``debounce`` seconds after the last. With ``model``, payloads are validated into it.
+        """
+        validate_channel(channel)
+        if debounce < 0:
+            raise ValueError(f"debounce must be >= 0 seconds, got {debounce!r}")
+        handlers = self._subs.setdefault(channel, {})
+        existing = handlers.get(handler)
+        if existing is not None:
+            return existing
+        sub = Subscription(self, channel, handler, float(debounce), model)
+        handlers[handler] = sub
+        try:
+            await self._reconcile(channel)
+        except BaseException:
+            handlers.pop(handler, None)
+            if not handlers:
+                self._subs.pop(channel, None)
+            raise
+        self._log.debug("pubsub.subscribed", channel=channel, handler=_name(handler))
+        return sub
+
+    async def unsubscribe(self, channel: str, handler: Handler) -> None:
+        """Remove ``handler`` from ``channel`` (no-op when it is not subscribed)."""
+        handlers = self._subs.get(channel)
+        if not handlers or handlers.pop(handler, None) is None:
+            return
+        if not handlers:
+            del self._subs[channel]
+        await self._reconcile(channel)
+        self._log.debug("pubsub.unsubscribed", channel=channel, handler=_name(handler))
+
+    def subscriptions(self, channel: str) -> list[Subscription]:
+        """The subscriptions of ``channel`` on this instance."""
+        return list(self._subs.get(channel, {}).values())
+
+    async def _reconcile(self, channel: str) -> None:
+        """Make the backend binding of ``channel`` match whether it has handlers."""
+        async with self._bind_lock:
+            if not self._started:
+                return
+            wanted = bool(self._subs.get(channel))
+            if wanted and channel not in self._bound:
+                await self._backend.bind(channel)
+                self._bound.add(channel)
+            elif not wanted and channel in self._bound:
+                self._bound.discard(channel)
+                await self._backend.unbind(channel)
+
+    # publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self, channel: str, message: object, *, skip_self: bool = True, only_self: bool = False
+    ) -> str:
+        """Broadcast ``message`` on ``channel``; returns the message id.
+
+        ``skip_self`` (default) keeps it from this instance's own handlers; ``only_self``
+        delivers it to this instance only, without touching the broker. The payload is always
+        encoded, so a bad one raises :class:`PayloadError` naming the channel either way.
+        """
+        validate_channel(channel)
+        body = self._codec.encode(message, channel=channel)
+        envelope = Envelope.new(
+            body, sender=self._instance_id, headers={HEADER_SKIP_SELF: skip_self}
+        )
+        if only_self:
+            self._log.debug(
+                "pubsub.publish",
+                channel=channel,
+                message_id=envelope.message_id,
+                trace_id=envelope.trace_id,
+                only_self=True,
+                bytes=len(body),
+            )
+            await self._deliver(channel, envelope, self._codec.decode(body))
+            return envelope.message_id
+        if not self._started:
+            raise BusError(f"cannot publish on {channel!r}: the bus is not started")
+        await self._backend.publish(channel, envelope)
+        self._log.debug(
+            "pubsub.publish",
+            channel=channel,
+            message_id=envelope.message_id,
+            trace_id=envelope.trace_id,
+            skip_self=skip_self,
+            bytes=len(body),
+        )
+        return envelope.message_id
+
+    # receiving -------------------------------------------------------------------------
+
+    async def _receive(self, channel: str, envelope: Envelope) -> None:
+        """Backend entry point for every delivery."""
+        if self._stopping:
+            return
+        if envelope.sender == self._instance_id and envelope.headers.get(HEADER_SKIP_SELF):
+            return
+        if not self._subs.get(channel):
+            return
+        try:
+            value = self._codec.decode(envelope.body)
+        except PayloadError as exc:
+            self._log.error(
+                "pubsub.malformed",
+                channel=channel,
+                message_id=envelope.message_id,
+                trace_id=envelope.trace_id,
+                sender=envelope.sender,
+                error=str(exc),
+            )
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await self._deliver(channel, envelope, value)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _deliver(self, channel: str, envelope: Envelope, value: object) -> None:
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        self._log.debug(
+            "pubsub.deliver",
+            channel=channel,
+            message_id=envelope.message_id,
+            trace_id=envelope.trace_id,
+            sender=envelope.sender,
+            handlers=len(subs),
+        )
+        immediate: list[Coroutine[Any, Any, None]] = []
+        for sub in list(subs.values()):
+            if sub.debounce > 0:
+                key = (channel, sub.handler, envelope.body)
+                self._debouncer.call(
+                    key, sub.debounce, functools.partial(self._run_handler, sub, envelope, value)
+                )
+            else:
+                immediate.append(self._run_handler(sub, envelope, value))
+        if len(immediate) == 1:
+            await immediate[0]
+        elif immediate:
+            await asyncio.gather(*immediate)
+
+    async def _run_handler(self, sub: Subscription, envelope: Envelope, value: object) -> None:
+        if self._stopping:
+            return
+        payload: object = value
+        with structlog.contextvars.bound_contextvars(
+            **self._context,
+            trace_id=envelope.trace_id,
+            channel=sub.channel,
+            message_id=envelope.message_id,
+        ):
+            if sub.model is not None:
+                try:
+                    payload = self._codec.validate(value, sub.model)
+                except PayloadError as exc:
+                    self._log.error(
+                        "pubsub.invalid_payload",
+                        handler=_name(sub.handler),
+                        model=sub.model.__name__,
+                        error=str(exc),
+                    )
+                    return
+            try:
+                await sub.handler(payload)
+            except Exception:
+                self._log.exception("pubsub.handler_failed", handler=_name(sub.handler))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def pending_debounced(self) -> int:
+        """How many debounced handler calls are waiting to run."""
+        return self._debouncer.pending
+
+
+def _name(handler: object) -> str:
+    return getattr(handler, "__qualname__", None) or repr(handler)
+
+
+__all__ = ["Handler", "PubSubManager", "Subscription"]

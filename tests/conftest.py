@@ -1,0 +1,175 @@
+"""Shared fixtures: buses on either backend, the broker check, log capture, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import structlog
+
+from bus import Bus, MemoryHub, Settings
+from bus.logs import configure_logging
+
+AMQP_URL = os.environ.get("CLUSTERBUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+TEST_APP_PREFIX = "t-"
+
+BusFactory = Callable[..., Awaitable[Bus]]
+
+configure_logging("WARNING", "console", force=True)
+
+
+def broker_reachable(url: str = AMQP_URL, timeout: float = 3.0) -> str | None:
+    """None when the broker's port answers, else why not."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout):
+            return None
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The test broker's URL. Fails (never skips) when RabbitMQ does not answer."""
+    problem = broker_reachable()
+    if problem is not None:
+        pytest.fail(
+            f"RabbitMQ is not reachable at {AMQP_URL} ({problem}); broker tests fail rather "
+            "than skip. Start it with `rabbitmq-server -detached`.",
+            pytrace=False,
+        )
+    return AMQP_URL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_exchanges() -> Iterator[None]:
+    """Delete the pub/sub exchanges the tests declared (they are not auto-delete)."""
+    yield
+    if broker_reachable() is not None:
+        return
+    try:
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "list_exchanges", "name"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    names = [n for n in out.split() if n.startswith(TEST_APP_PREFIX)]
+    if names:
+        asyncio.run(_delete_exchanges(names))
+
+
+async def _delete_exchanges(names: list[str]) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for name in names:
+            await channel.exchange_delete(name)
+
+
+def unique_app() -> str:
+    """An app name no other test uses, so tests never see each other on the broker."""
+    return f"{TEST_APP_PREFIX}{uuid.uuid4().hex[:10]}"
+
+
+def fast_settings(**overrides: Any) -> Settings:
+    """Settings for tests: short timeouts and debounces."""
+    values: dict[str, Any] = {
+        "publish_timeout": 3.0,
+        "connect_timeout": 5.0,
+        "stop_timeout": 2.0,
+        "sync_debounce": 0.05,
+        "retry_delay": 0.05,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(params=["memory", "amqp"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Runs a test once per backend; the amqp run needs the broker."""
+    if request.param == "amqp":
+        request.getfixturevalue("amqp_url")
+    return str(request.param)
+
+
+@pytest.fixture
+async def make_bus(backend: str) -> AsyncIterator[BusFactory]:
+    """Factory of buses of one app on the chosen backend; all are stopped after the test."""
+    app = unique_app()
+    hub = MemoryHub()
+    buses: list[Bus] = []
+
+    async def make(*, start: bool = True, name: str | None = None, **settings: Any) -> Bus:
+        options = fast_settings(**settings)
+        if backend == "amqp":
+            bus = Bus(name or app, amqp_url=AMQP_URL, settings=options)
+        else:
+            bus = Bus(name or app, hub=hub, settings=options)
+        buses.append(bus)
+        if start:
+            await bus.start()
+        return bus
+
+    yield make
+    await asyncio.gather(*(b.stop() for b in buses), return_exceptions=True)
+
+
+@pytest.fixture
+def debug_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Capture every structlog event (DEBUG and up) emitted by buses created in the test."""
+    configure_logging("DEBUG", "console", force=True)
+    try:
+        with structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]
+        ) as logs:
+            yield logs
+    finally:
+        configure_logging("WARNING", "console", force=True)
+
+
+async def eventually(
+    check: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> None:
+    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {what or check}")
+        await asyncio.sleep(interval)
+
+
+class Recorder:
+    """An async handler that records what it received and signals each arrival."""
+
+    def __init__(self, name: str = "recorder") -> None:
+        self.name = name
+        self.messages: list[Any] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, message: Any) -> None:
+        self.messages.append(message)
+        self.changed.set()
+
+    async def wait_for(self, count: int, within: float = 10.0) -> list[Any]:
+        """Wait until at least ``count`` messages arrived."""
+        await eventually(
+            lambda: len(self.messages) >= count,
+            timeout=within,
+            what=f"{self.name} got {count} message(s), has {self.messages!r}",
+        )
+        return self.messages
