@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -12,7 +13,6 @@ import structlog
 
 HEADER_SENDER = "x-sender"
 HEADER_TRACE_ID = "x-trace-id"
-HEADER_SKIP_SELF = "x-skip-self"
 
 
 def new_message_id() -> str:
@@ -23,7 +23,7 @@ def new_message_id() -> str:
 def current_trace_id() -> str:
     """The trace id bound in the structlog context, or a new one."""
     trace_id = structlog.contextvars.get_contextvars().get("trace_id")
-    return trace_id if isinstance(trace_id, str) and trace_id else uuid.uuid4().hex
+    return trace_id if isinstance(trace_id, str) and trace_id else os.urandom(16).hex()
 
 
 @dataclass(slots=True, frozen=True)

@@ -6,8 +6,8 @@ in-process hub (``bus.memory``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -15,8 +15,9 @@ from managers.envelope import Envelope
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-Receiver = Callable[[str, Envelope], Awaitable[None]]
-"""Called by a broadcast backend for every delivery: ``(channel, envelope)``."""
+Receiver = Callable[[str, Envelope], Coroutine[Any, Any, None]]
+"""Called by a broadcast backend for every delivery: ``(channel, envelope)``, each call in an
+asyncio task of its own (the receiver binds log context for the delivery in it)."""
 
 
 class Codec(Protocol):
@@ -60,5 +61,9 @@ class BroadcastBackend(Protocol):
         ...
 
     async def publish(self, channel: str, envelope: Envelope) -> None:
-        """Send ``envelope`` to every instance bound to ``channel`` (this one included)."""
+        """Send ``envelope`` to every instance bound to ``channel``.
+
+        Whether the sending instance gets its own message back does not matter: the pub/sub
+        manager drops its own messages on receipt and delivers to itself directly.
+        """
         ...

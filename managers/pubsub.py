@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
 from managers.debounce import Debouncer
-from managers.envelope import HEADER_SKIP_SELF, Envelope
+from managers.envelope import Envelope
 from managers.errors import BusError, PayloadError
 from managers.names import validate_channel
 from managers.protocols import BroadcastBackend, Codec
@@ -69,6 +70,7 @@ class PubSubManager:
         self._log = log
         self._stop_timeout = stop_timeout
         self._context = context
+        self._debug = log.is_enabled_for(logging.DEBUG)
         self._subs: dict[str, dict[Handler, Subscription]] = {}
         self._bound: set[str] = set()
         self._bind_lock = asyncio.Lock()
@@ -181,45 +183,41 @@ class PubSubManager:
         """Broadcast ``message`` on ``channel``; returns the message id.
 
         ``skip_self`` (default) keeps it from this instance's own handlers; ``only_self``
-        delivers it to this instance only, without touching the broker. The payload is always
-        encoded, so a bad one raises :class:`PayloadError` naming the channel either way.
+        delivers it to this instance only, without touching the broker, and returns once its
+        handlers ran. The payload is always encoded, so a bad one raises
+        :class:`PayloadError` naming the channel either way.
         """
         validate_channel(channel)
         body = self._codec.encode(message, channel=channel)
-        envelope = Envelope.new(
-            body, sender=self._instance_id, headers={HEADER_SKIP_SELF: skip_self}
-        )
-        if only_self:
+        envelope = Envelope.new(body, sender=self._instance_id)
+        if not only_self:
+            if not self._started:
+                raise BusError(f"cannot publish on {channel!r}: the bus is not started")
+            await self._backend.publish(channel, envelope)
+        if self._debug:
             self._log.debug(
                 "pubsub.publish",
                 channel=channel,
                 message_id=envelope.message_id,
                 trace_id=envelope.trace_id,
-                only_self=True,
+                skip_self=skip_self,
+                only_self=only_self,
                 bytes=len(body),
             )
-            await self._deliver(channel, envelope, self._codec.decode(body))
-            return envelope.message_id
-        if not self._started:
-            raise BusError(f"cannot publish on {channel!r}: the bus is not started")
-        await self._backend.publish(channel, envelope)
-        self._log.debug(
-            "pubsub.publish",
-            channel=channel,
-            message_id=envelope.message_id,
-            trace_id=envelope.trace_id,
-            skip_self=skip_self,
-            bytes=len(body),
-        )
+        # An instance never takes its own messages from the backend; it delivers them to
+        # itself directly when asked to (only_self: before returning; skip_self=False: in a
+        # task of its own, as a delivery from the broker would run).
+        if only_self:
+            await self._deliver_local(channel, envelope, self._codec.decode(body))
+        elif not skip_self:
+            self._spawn(self._deliver_local(channel, envelope, self._codec.decode(body)))
         return envelope.message_id
 
     # receiving -------------------------------------------------------------------------
 
     async def _receive(self, channel: str, envelope: Envelope) -> None:
-        """Backend entry point for every delivery."""
-        if self._stopping:
-            return
-        if envelope.sender == self._instance_id and envelope.headers.get(HEADER_SKIP_SELF):
+        """Backend entry point, called in a task of its own for every delivery."""
+        if self._stopping or envelope.sender == self._instance_id:
             return
         if not self._subs.get(channel):
             return
@@ -235,6 +233,13 @@ class PubSubManager:
                 error=str(exc),
             )
             return
+        # This task runs this delivery only, so the binding needs no reset: it ends with it.
+        structlog.contextvars.bind_contextvars(
+            **self._context,
+            trace_id=envelope.trace_id,
+            channel=channel,
+            message_id=envelope.message_id,
+        )
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
@@ -244,18 +249,28 @@ class PubSubManager:
             if task is not None:
                 self._inflight.discard(task)
 
+    async def _deliver_local(self, channel: str, envelope: Envelope, value: object) -> None:
+        with structlog.contextvars.bound_contextvars(
+            **self._context,
+            trace_id=envelope.trace_id,
+            channel=channel,
+            message_id=envelope.message_id,
+        ):
+            await self._deliver(channel, envelope, value)
+
     async def _deliver(self, channel: str, envelope: Envelope, value: object) -> None:
         subs = self._subs.get(channel)
         if not subs:
             return
-        self._log.debug(
-            "pubsub.deliver",
-            channel=channel,
-            message_id=envelope.message_id,
-            trace_id=envelope.trace_id,
-            sender=envelope.sender,
-            handlers=len(subs),
-        )
+        if self._debug:
+            self._log.debug(
+                "pubsub.deliver",
+                channel=channel,
+                message_id=envelope.message_id,
+                trace_id=envelope.trace_id,
+                sender=envelope.sender,
+                handlers=len(subs),
+            )
         immediate: list[Coroutine[Any, Any, None]] = []
         for sub in list(subs.values()):
             if sub.debounce > 0:
@@ -271,30 +286,25 @@ class PubSubManager:
             await asyncio.gather(*immediate)
 
     async def _run_handler(self, sub: Subscription, envelope: Envelope, value: object) -> None:
+        """Run one handler; the caller's context carries the delivery's log bindings."""
         if self._stopping:
             return
         payload: object = value
-        with structlog.contextvars.bound_contextvars(
-            **self._context,
-            trace_id=envelope.trace_id,
-            channel=sub.channel,
-            message_id=envelope.message_id,
-        ):
-            if sub.model is not None:
-                try:
-                    payload = self._codec.validate(value, sub.model)
-                except PayloadError as exc:
-                    self._log.error(
-                        "pubsub.invalid_payload",
-                        handler=_name(sub.handler),
-                        model=sub.model.__name__,
-                        error=str(exc),
-                    )
-                    return
+        if sub.model is not None:
             try:
-                await sub.handler(payload)
-            except Exception:
-                self._log.exception("pubsub.handler_failed", handler=_name(sub.handler))
+                payload = self._codec.validate(value, sub.model)
+            except PayloadError as exc:
+                self._log.error(
+                    "pubsub.invalid_payload",
+                    handler=_name(sub.handler),
+                    model=sub.model.__name__,
+                    error=str(exc),
+                )
+                return
+        try:
+            await sub.handler(payload)
+        except Exception:
+            self._log.exception("pubsub.handler_failed", handler=_name(sub.handler))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import aio_pika
 from aio_pika.abc import (
@@ -118,7 +117,7 @@ class AmqpBroadcast:
             envelope.body,
             message_id=envelope.message_id,
             content_type=CONTENT_TYPE,
-            timestamp=datetime.fromtimestamp(envelope.timestamp, UTC),
+            timestamp=envelope.timestamp,
             app_id=self._app,
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
             headers={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 
 from bus.memory.hub import MemoryHub
@@ -23,14 +24,16 @@ class MemoryBroadcast:
         self._app = app
         self._window = window
         self._channels: set[str] = set()
-        self._inbox: asyncio.Queue[tuple[str, Envelope]] | None = None
+        self._inbox: collections.deque[tuple[str, Envelope]] | None = None
+        self._wakeup = asyncio.Event()
         self._consumer: asyncio.Task[None] | None = None
         self._receiver: Receiver | None = None
 
     async def start(self, receiver: Receiver) -> None:
         """Begin delivering to ``receiver``."""
         self._receiver = receiver
-        self._inbox = asyncio.Queue()
+        self._inbox = collections.deque()
+        self._wakeup = asyncio.Event()
         self._consumer = asyncio.get_running_loop().create_task(self._consume(self._inbox))
 
     async def stop(self) -> None:
@@ -38,12 +41,12 @@ class MemoryBroadcast:
         for channel in self._channels:
             self._hub.unbind(self._app, channel, self)
         self._channels.clear()
+        self._inbox = None
         if self._consumer is not None:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._consumer
         self._consumer = None
-        self._inbox = None
 
     async def bind(self, channel: str) -> None:
         """Receive ``channel`` from now on."""
@@ -58,29 +61,38 @@ class MemoryBroadcast:
     async def publish(self, channel: str, envelope: Envelope) -> None:
         """Put ``envelope`` in the inbox of every instance bound to ``channel``."""
         for endpoint in self._hub.routes(self._app, channel):
-            endpoint.enqueue(channel, envelope)
+            if endpoint is not self:  # an instance never takes its own messages
+                endpoint.enqueue(channel, envelope)
 
     def enqueue(self, channel: str, envelope: Envelope) -> None:
         """Accept a delivery from the hub (dropped when this instance is not started)."""
         if self._inbox is not None:
-            self._inbox.put_nowait((channel, envelope))
+            self._inbox.append((channel, envelope))
+            self._wakeup.set()
 
-    async def _consume(self, inbox: asyncio.Queue[tuple[str, Envelope]]) -> None:
+    async def _consume(self, inbox: collections.deque[tuple[str, Envelope]]) -> None:
         receiver = self._receiver
         assert receiver is not None
-        window = asyncio.Semaphore(self._window)
         loop = asyncio.get_running_loop()
         running: set[asyncio.Task[None]] = set()
+        window = self._window
+        room = asyncio.Event()
+        room.set()
 
-        async def deliver(channel: str, envelope: Envelope) -> None:
-            try:
-                await receiver(channel, envelope)
-            finally:
-                window.release()
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if len(running) < window:
+                room.set()
 
         while True:
-            channel, envelope = await inbox.get()
-            await window.acquire()
-            task = loop.create_task(deliver(channel, envelope))
-            running.add(task)
-            task.add_done_callback(running.discard)
+            while not inbox:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            while inbox and len(running) < window:
+                channel, envelope = inbox.popleft()
+                task = loop.create_task(receiver(channel, envelope))
+                running.add(task)
+                task.add_done_callback(done)
+            if len(running) >= window:
+                room.clear()
+                await room.wait()

@@ -30,9 +30,9 @@ class MemoryHub:
             if not endpoints:
                 del self._routes[(app, channel)]
 
-    def routes(self, app: str, channel: str) -> frozenset[MemoryBroadcast]:
+    def routes(self, app: str, channel: str) -> tuple[MemoryBroadcast, ...]:
         """The endpoints bound to ``channel`` of ``app`` right now."""
-        return frozenset(self._routes.get((app, channel), ()))
+        return tuple(self._routes.get((app, channel), ()))
 
 
 _default: MemoryHub | None = None

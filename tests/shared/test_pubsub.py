@@ -50,8 +50,8 @@ async def test_publish_reaches_other_instances_but_not_self(make_bus: BusFactory
     assert recs[a.instance_id].messages == ["after"]
 
 
-async def test_skip_self_false_reaches_self_too(make_bus: BusFactory) -> None:
-    a, b = await cluster(make_bus, 2)
+async def test_skip_self_false_reaches_self_too_exactly_once(make_bus: BusFactory) -> None:
+    a, b, c = await cluster(make_bus)
     ra, rb = Recorder("a"), Recorder("b")
     await a.pubsub.subscribe("news", ra)
     await b.pubsub.subscribe("news", rb)
@@ -60,6 +60,10 @@ async def test_skip_self_false_reaches_self_too(make_bus: BusFactory) -> None:
 
     assert await ra.wait_for(1) == [[1, 2, 3]]
     assert await rb.wait_for(1) == [[1, 2, 3]]
+    # a's own copy from the broker, queued before c's marker, has been dropped by now
+    await barrier(c, [a, b])
+    assert ra.messages == [[1, 2, 3]]
+    assert rb.messages == [[1, 2, 3]]
 
 
 async def test_only_self_stays_on_this_instance(make_bus: BusFactory) -> None:

@@ -9,7 +9,11 @@ from bus import Settings
 from bus.cli import main
 
 
-def test_defaults_follow_the_spec() -> None:
+def test_defaults_follow_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in [n for n in os.environ if n.startswith("CLUSTERBUS_")]:
+        monkeypatch.delenv(name)
     s = Settings()
     assert s.amqp_url is None
     assert s.heartbeat == 10.0
