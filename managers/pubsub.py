@@ -208,9 +208,10 @@ class PubSubManager:
         # itself directly when asked to (only_self: before returning; skip_self=False: in a
         # task of its own, as a delivery from the broker would run).
         if only_self:
-            await self._deliver_local(channel, envelope, self._codec.decode(body))
+            local = self._deliver(channel, envelope, self._codec.decode(body))
+            await asyncio.get_running_loop().create_task(local)
         elif not skip_self:
-            self._spawn(self._deliver_local(channel, envelope, self._codec.decode(body)))
+            self._spawn(self._deliver(channel, envelope, self._codec.decode(body)))
         return envelope.message_id
 
     # receiving -------------------------------------------------------------------------
@@ -233,7 +234,14 @@ class PubSubManager:
                 error=str(exc),
             )
             return
-        # This task runs this delivery only, so the binding needs no reset: it ends with it.
+        await self._deliver(channel, envelope, value)
+
+    async def _deliver(self, channel: str, envelope: Envelope, value: object) -> None:
+        """Run one delivery's handlers. Always runs in a task of its own (the backend's, or
+        one made for a delivery to self), so the log binding needs no reset."""
+        subs = self._subs.get(channel)
+        if not subs:
+            return
         structlog.contextvars.bind_contextvars(
             **self._context,
             trace_id=envelope.trace_id,
@@ -244,24 +252,19 @@ class PubSubManager:
         if task is not None:
             self._inflight.add(task)
         try:
-            await self._deliver(channel, envelope, value)
+            await self._run_handlers(channel, subs, envelope, value)
         finally:
             if task is not None:
                 self._inflight.discard(task)
 
-    async def _deliver_local(self, channel: str, envelope: Envelope, value: object) -> None:
-        with structlog.contextvars.bound_contextvars(
-            **self._context,
-            trace_id=envelope.trace_id,
-            channel=channel,
-            message_id=envelope.message_id,
-        ):
-            await self._deliver(channel, envelope, value)
-
-    async def _deliver(self, channel: str, envelope: Envelope, value: object) -> None:
-        subs = self._subs.get(channel)
-        if not subs:
-            return
+    async def _run_handlers(
+        self,
+        channel: str,
+        subs: dict[Handler, Subscription],
+        envelope: Envelope,
+        value: object,
+    ) -> None:
+        """Call the immediate handlers now (concurrently) and schedule the debounced ones."""
         if self._debug:
             self._log.debug(
                 "pubsub.deliver",
