@@ -194,3 +194,13 @@ async def test_publish_and_subscribe_fail_within_publish_timeout_during_an_outag
             await asyncio.sleep(0.1)
         assert set(rec.messages) == {"back"}
     await proxy.cut()
+
+
+async def test_the_configured_heartbeat_is_negotiated(amqp_url: str) -> None:
+    async with Bus(unique_app(), amqp_url=amqp_url, settings=fast_settings(heartbeat=7)) as bus:
+        out = await rabbitmqctl(
+            "list_connections", "--no-table-headers", "timeout", "client_properties"
+        )
+        ours = [line for line in out.splitlines() if bus.instance_id in line]
+        assert ours, out
+        assert all(line.split("\t")[0] == "7" for line in ours)
