@@ -3,8 +3,9 @@ the managers of the primitives."""
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import SecretStr
 
@@ -13,10 +14,18 @@ from bus.instance import new_instance_id
 from bus.logs import configure_logging, get_logger
 from bus.memory import MemoryBroadcast, MemoryHub, default_hub
 from bus.settings import Settings
+from bus.stores.memory import MemoryStore
+from bus.stores.redis import RedisStore
+from bus.stores.redis import connect as connect_redis
+from managers.cache import Cache
+from managers.cache_manager import CacheManager, StoreKind
 from managers.errors import BusError
 from managers.names import validate_app_name
-from managers.protocols import BroadcastBackend
+from managers.protocols import BroadcastBackend, CacheStore
 from managers.pubsub import PubSubManager
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 Mode = Literal["memory", "amqp"]
 
@@ -71,7 +80,38 @@ class Bus:
             stop_timeout=base.stop_timeout,
             context={"app": self.name, "instance": self.instance_id},
         )
+        self._redis: Redis | None = None
+        self.cache_manager = CacheManager(
+            app=self.name,
+            pubsub=self.pubsub,
+            codec=self.codec,
+            store_factory=self._make_store,
+            default_store=base.cache_store,
+            default_max_size=base.cache_max_size,
+            log=self.log,
+        )
+        self.cache: Cache = self.cache_manager.default
+        self._background: set[asyncio.Task[None]] = set()
+        if self._transport is not None:
+            self._transport.reconnect_listeners.append(self._after_reconnect)
         self._state: Literal["new", "started", "stopped"] = "new"
+
+    def _make_store(self, kind: StoreKind, max_size: int) -> CacheStore:
+        if kind == "memory":
+            return MemoryStore(max_size)
+        if self._redis is None:
+            if self.settings.redis_url is None:
+                raise BusError("a redis cache store needs the redis_url setting")
+            self._redis = connect_redis(self.settings.redis_url.get_secret_value())
+        return RedisStore(self._redis, log=self.log, owns_client=False)
+
+    def _after_reconnect(self) -> None:
+        """Memory caches may have missed invalidations while the connection was down."""
+        task = asyncio.get_running_loop().create_task(
+            self.cache_manager.drop_memory_caches("amqp reconnect")
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def started(self) -> bool:
@@ -91,6 +131,7 @@ class Bus:
         try:
             if self._transport is not None:
                 await self._transport.connect()
+            await self.cache_manager.start()
             await self.pubsub.start()
         except BaseException:
             await self._close()
@@ -109,10 +150,14 @@ class Bus:
         try:
             await self.pubsub.stop()
         finally:
+            await self.cache_manager.close()
             await self._close()
         self.log.info("bus.stopped")
 
     async def _close(self) -> None:
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            await redis.aclose()
         if self._transport is not None:
             await self._transport.close()
 

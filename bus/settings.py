@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         default=Path(".clusterbus"), description="Where memory mode saves queued messages."
     )
     redis_url: SecretStr | None = Field(default=None, description="Redis URL of redis stores.")
+    cache_store: Literal["memory", "redis"] = Field(
+        default="memory", description="Store of caches created without store= (and bus.cache)."
+    )
     cache_max_size: int = Field(default=10_000, gt=0, description="Default LRU size of caches.")
     log_format: Literal["json", "console", "auto"] = Field(
         default="auto", description="json, console, or auto (console on a terminal)."
@@ -118,6 +121,12 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         return _check_url(value, ("redis", "rediss", "unix"), "redis_url")
+
+    @model_validator(mode="after")
+    def _redis_for_redis_store(self) -> Settings:
+        if self.cache_store == "redis" and self.redis_url is None:
+            raise ValueError("cache_store is 'redis' but redis_url is not set")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

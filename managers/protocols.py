@@ -67,3 +67,52 @@ class BroadcastBackend(Protocol):
         manager drops its own messages on receipt and delivers to itself directly.
         """
         ...
+
+
+class CacheStore(Protocol):
+    """Where a cache keeps its encoded values; keys arrive fully prefixed (``A:<prefix>:<k>``).
+
+    ``memory`` stores live in the instance (kept coherent by invalidation messages); shared
+    stores (Redis) are seen by every instance and need no invalidation.
+    """
+
+    @property
+    def shared(self) -> bool:
+        """True when every instance sees the same entries (no invalidation needed)."""
+        ...
+
+    async def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None when missing or expired."""
+        ...
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        """The values of ``keys`` in order (None for missing ones)."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        """Store ``value`` under ``key``, expiring after ``ttl`` seconds (None: never)."""
+        ...
+
+    async def mset(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        """Store every pair, each with ``ttl``."""
+        ...
+
+    async def delete(self, keys: list[str]) -> None:
+        """Remove ``keys`` (missing ones are ignored)."""
+        ...
+
+    async def keys(self, prefix: str, pattern: str) -> list[str]:
+        """Live keys that start with ``prefix`` and whose rest matches the glob ``pattern``."""
+        ...
+
+    async def clear(self, prefix: str) -> None:
+        """Remove every key that starts with ``prefix`` (and only those)."""
+        ...
+
+    async def ttl(self, key: str) -> float | None:
+        """Remaining seconds of ``key``; None when missing or without expiry."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -113,6 +113,11 @@ class PubSubManager:
                 self._log.warning("pubsub.handlers_cancelled", count=len(late))
                 await asyncio.wait(late)
 
+    @property
+    def started(self) -> bool:
+        """True while the manager is started and not stopping."""
+        return self._started and not self._stopping
+
     # subscriptions ---------------------------------------------------------------------
 
     async def subscribe(

@@ -18,6 +18,7 @@ from bus import Bus, MemoryHub, Settings
 from bus.logs import configure_logging
 
 AMQP_URL = os.environ.get("CLUSTERBUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REDIS_URL = os.environ.get("CLUSTERBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_APP_PREFIX = "t-"
 
 BusFactory = Callable[..., Awaitable[Bus]]
@@ -26,10 +27,13 @@ configure_logging("WARNING", "console", force=True)
 
 
 def broker_reachable(url: str = AMQP_URL, timeout: float = 3.0) -> str | None:
-    """None when the broker's port answers, else why not."""
+    """None when the service's port answers, else why not."""
     parts = urlsplit(url)
+    default_port = 6379 if parts.scheme.startswith("redis") else 5672
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout
+        ):
             return None
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -46,6 +50,19 @@ def amqp_url() -> str:
             pytrace=False,
         )
     return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis URL. Fails (never skips) when Redis does not answer."""
+    problem = broker_reachable(REDIS_URL)
+    if problem is not None:
+        pytest.fail(
+            f"Redis is not reachable at {REDIS_URL} ({problem}); Redis tests fail rather than "
+            "skip. Start it as .ci/services.sh does.",
+            pytrace=False,
+        )
+    return REDIS_URL
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -60,6 +60,7 @@ class AmqpTransport:
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self.reconnects = 0
+        self.reconnect_listeners: list[Callable[[], None]] = []
 
     @property
     def connection(self) -> AbstractRobustConnection:
@@ -126,6 +127,8 @@ class AmqpTransport:
     def _on_reconnect(self, _sender: object) -> None:
         self.reconnects += 1
         self._log.info("amqp.reconnected", reconnects=self.reconnects)
+        for listener in self.reconnect_listeners:
+            listener()
 
     async def bounded(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Run a broker operation within ``publish_timeout``; :class:`BusUnavailable` if not."""
