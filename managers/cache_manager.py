@@ -52,7 +52,7 @@ class CacheManager:
         self._pending: dict[str, set[str] | None] = {}
         self._flush: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.default = self._create(DEFAULT_CACHE, DEFAULT_CACHE, "memory", None, None)
+        self.default = self._create(DEFAULT_CACHE, DEFAULT_CACHE, default_store, None, None)
 
     async def start(self) -> None:
         """Listen for other instances' invalidations (bound when the bus starts)."""
