@@ -36,6 +36,7 @@ test: install services lint
 bench: install services
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks.pubsub
+	$(PY) -m benchmarks.cache
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

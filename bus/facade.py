@@ -4,6 +4,8 @@ the managers of the primitives."""
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
 
@@ -18,7 +20,7 @@ from bus.stores.memory import MemoryStore
 from bus.stores.redis import RedisStore
 from bus.stores.redis import connect as connect_redis
 from managers.cache import Cache
-from managers.cache_manager import CacheManager, StoreKind
+from managers.cache_manager import INVALIDATION_CHANNEL, CacheManager, StoreKind
 from managers.errors import BusError
 from managers.names import validate_app_name
 from managers.protocols import BroadcastBackend, CacheStore
@@ -61,6 +63,7 @@ class Bus:
         self.hub: MemoryHub | None = None
         self._transport = None
         broadcast: BroadcastBackend
+        peers: Callable[[], int] | None = None
         if self.mode == "amqp":
             from bus.amqp import AmqpBroadcast, AmqpTransport
 
@@ -71,7 +74,9 @@ class Bus:
             broadcast = AmqpBroadcast(transport, self.log)
         else:
             self.hub = hub if hub is not None else default_hub()
-            broadcast = MemoryBroadcast(self.hub, self.name, base.pubsub_prefetch)
+            endpoint = MemoryBroadcast(self.hub, self.name, base.pubsub_prefetch)
+            broadcast = endpoint
+            peers = functools.partial(self.hub.listeners, self.name, INVALIDATION_CHANNEL, endpoint)
         self.pubsub = PubSubManager(
             instance_id=self.instance_id,
             backend=broadcast,
@@ -89,6 +94,7 @@ class Bus:
             default_store=base.cache_store,
             default_max_size=base.cache_max_size,
             log=self.log,
+            peers=peers,
         )
         self.cache: Cache = self.cache_manager.default
         self._background: set[asyncio.Task[None]] = set()

@@ -25,9 +25,11 @@ DEFAULT_CACHE = "default"
 class CacheManager:
     """Creates and finds the caches of an instance (``bus.cache_manager``).
 
-    Writes to ``memory`` caches are announced on the pub/sub channel ``cache.invalidate``;
-    writes that happen together (in the same event-loop turn) travel as one message, and each
-    writer returns once that message was published (confirmed by the broker in amqp mode).
+    Writes to ``memory`` caches are announced on the pub/sub channel ``cache.invalidate``,
+    and each writer returns once its announcement was published. On a broker (``peers`` is
+    None: who listens is unknown), writes of the same event-loop turn share one message,
+    confirmed by the broker. On the in-process hub publishing never waits, so each write
+    publishes at once, and only when ``peers()`` says another instance listens.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class CacheManager:
         default_store: StoreKind,
         default_max_size: int,
         log: FilteringBoundLogger,
+        peers: Callable[[], int] | None = None,
     ) -> None:
         self._app = app
         self._pubsub = pubsub
@@ -48,6 +51,7 @@ class CacheManager:
         self._default_store: StoreKind = default_store
         self._default_max_size = default_max_size
         self._log = log
+        self._peers = peers
         self._caches: dict[str, Cache] = {}
         self._pending: dict[str, set[str] | None] = {}
         self._flush: asyncio.Future[None] | None = None
@@ -139,6 +143,10 @@ class CacheManager:
         """Queue an invalidation and wait until the batch that carries it is published."""
         if not self._pubsub.started:
             return  # nobody can hold this instance's writes yet: it never published
+        if self._peers is not None:
+            if self._peers():
+                await self._publish([{"cache": cache, "keys": keys}])
+            return
         if keys is None:
             self._pending[cache] = None
         else:
@@ -160,15 +168,22 @@ class CacheManager:
             for name, keys in batch.items()
         ]
         try:
-            await self._pubsub.publish(INVALIDATION_CHANNEL, entries)
+            await self._publish(entries)
         except asyncio.CancelledError:
             done.cancel()
             raise
         except Exception as exc:
-            self._log.error("cache.invalidation_failed", entries=len(entries), error=str(exc))
             done.set_exception(exc)
             done.exception()  # seen here; every waiting writer re-raises it
             return
+        done.set_result(None)
+
+    async def _publish(self, entries: list[dict[str, Any]]) -> None:
+        try:
+            await self._pubsub.publish(INVALIDATION_CHANNEL, entries)
+        except Exception as exc:
+            self._log.error("cache.invalidation_failed", entries=len(entries), error=str(exc))
+            raise
         for entry in entries:
             keys = entry["keys"]
             self._log.debug(
@@ -176,7 +191,6 @@ class CacheManager:
                 cache=entry["cache"],
                 count="all" if keys is None else len(keys),
             )
-        done.set_result(None)
 
     # receiving invalidations ---------------------------------------------------------------
 

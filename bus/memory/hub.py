@@ -30,6 +30,11 @@ class MemoryHub:
             if not endpoints:
                 del self._routes[(app, channel)]
 
+    def listeners(self, app: str, channel: str, besides: MemoryBroadcast) -> int:
+        """How many endpoints other than ``besides`` receive ``channel`` of ``app``."""
+        endpoints = self._routes.get((app, channel), ())
+        return len(endpoints) - (besides in endpoints)
+
     def routes(self, app: str, channel: str) -> tuple[MemoryBroadcast, ...]:
         """The endpoints bound to ``channel`` of ``app`` right now."""
         return tuple(self._routes.get((app, channel), ()))

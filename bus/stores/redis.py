@@ -46,17 +46,18 @@ class RedisStore:
     def __init__(
         self, client: Redis, *, log: FilteringBoundLogger, owns_client: bool = True
     ) -> None:
-        self._redis = client
-        self._log = log
-        self._owns = owns_client
-
-    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
+        self._redis = client
+        self._log = log
+        self._owns = owns_client
+        self._unavailable = (RedisConnectionError, RedisTimeoutError, OSError)
+
+    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         try:
             return await op()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except self._unavailable as exc:
             self._log.error("cache.store_error", store="redis", op=what, error=str(exc))
             raise BusUnavailable(f"redis store: {what}: {type(exc).__name__}: {exc}") from exc
 

@@ -227,6 +227,11 @@ async def test_writes_on_one_instance_invalidate_the_others(make_cache: Any) -> 
     await a.set("k", "from a")
     await c.set("gone", "c")
     await c.set("kept", "c")
+    # let b consume a's invalidation of "k" first (a's messages arrive in order), or it
+    # would rightly drop the value b is about to write
+    await b.set("probe", 1)
+    await a.delete("probe")
+    await settles(b, "probe", lambda v: v is None, "b caught up with a")
 
     await b.set("k", "from b")  # returns once the invalidation is published
     await settles(a, "k", lambda v: v != "from a", "a dropped its old value")
@@ -241,7 +246,7 @@ async def test_writes_on_one_instance_invalidate_the_others(make_cache: Any) -> 
     await settles(c, "kept", lambda v: v is None, "reset reached c")
 
 
-async def test_concurrent_writes_share_invalidation_messages(
+async def test_concurrent_writes_share_invalidation_messages_on_the_broker(
     make_cache: Any, debug_logs: list[MutableMapping[str, Any]]
 ) -> None:
     a_bus, a = await make_cache()
@@ -256,8 +261,10 @@ async def test_concurrent_writes_share_invalidation_messages(
     ]
     if a.store.shared:
         assert sent == []  # a shared store needs no invalidation
+    elif a_bus.mode == "memory":
+        assert len(sent) == 100  # the hub never waits: each write publishes at once
     else:
-        assert 1 <= len(sent) <= 3
+        assert 1 <= len(sent) <= 3  # the broker confirms one message for many writes
         counted = [e for e in debug_logs if e["event"] == "cache.invalidation_sent"]
         assert sum(int(e["count"]) for e in counted) == 100
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from typing import Any
+
 import pytest
 
 from bus import Bus, MemoryHub
@@ -49,3 +52,17 @@ async def test_cache_max_size_comes_from_create_cache_or_settings() -> None:
 def test_a_redis_store_without_redis_url_fails_naming_the_setting() -> None:
     with pytest.raises(ValueError, match="redis_url"):
         fast_settings(cache_store="redis")
+
+
+async def test_memory_mode_announces_writes_only_when_another_instance_listens(
+    debug_logs: list[MutableMapping[str, Any]],
+) -> None:
+    hub = MemoryHub()
+    async with Bus("crm", hub=hub, settings=fast_settings()) as alone:
+        await alone.cache.set("k", 1)
+        assert not [e for e in debug_logs if e["event"] == "cache.invalidation_sent"]
+        async with Bus("crm", hub=hub, settings=fast_settings()) as peer:
+            await peer.cache.set("k", 2)
+            await alone.cache.set("k", 3)
+            sent = [e["instance"] for e in debug_logs if e["event"] == "cache.invalidation_sent"]
+            assert sent == [peer.instance_id, alone.instance_id]
