@@ -67,7 +67,7 @@ from typing import Any
 
 import aio_pika
 import msgpack
-from aiocache import SimpleMemoryCache  # type: ignore[import-untyped]
+from aiocache import SimpleMemoryCache
 from cashews import Cache as CashewsCache
 from pydantic import SecretStr
 from redis.asyncio import Redis
