@@ -74,6 +74,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cli import finite, positive
 from bus import Bus, MemoryHub, Settings
 from managers.cache import Cache
 
@@ -661,11 +662,6 @@ def divide(numerator: float, denominator: float) -> float:
     return numerator / denominator
 
 
-def finite(value: float) -> float | None:
-    """``value`` for JSON: None instead of NaN or infinity."""
-    return value if math.isfinite(value) else None
-
-
 def log(text: str) -> None:
     """Progress on stderr, keeping stdout for the report."""
     print(text, file=sys.stderr, flush=True)
@@ -757,14 +753,6 @@ def report_json(run: Run, args: argparse.Namespace) -> str:
 
 
 # command line ------------------------------------------------------------------------------
-
-
-def positive(text: str) -> int:
-    """argparse type: an integer > 0."""
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -60,6 +60,7 @@ from aio_pika.abc import (
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cli import finite, positive
 from bus import Bus, MemoryHub, Settings
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -476,11 +477,6 @@ def divide(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 
 
-def finite(value: float) -> float | None:
-    """``value`` for JSON: None instead of NaN or infinity."""
-    return value if math.isfinite(value) else None
-
-
 def log(text: str) -> None:
     """Progress on stderr, keeping stdout for the report."""
     print(text, file=sys.stderr, flush=True)
@@ -607,14 +603,6 @@ def report_json(reports: dict[str, VariantReport], args: argparse.Namespace) -> 
 
 
 # command line ------------------------------------------------------------------------------
-
-
-def positive(text: str) -> int:
-    """argparse type: an integer > 0."""
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
