@@ -53,7 +53,7 @@ class Bus:
         if amqp_url is not None:
             if hub is not None:
                 raise ValueError("pass either amqp_url= (amqp mode) or hub= (memory mode)")
-            base = Settings.model_validate({**_fields(base), "amqp_url": SecretStr(amqp_url)})
+            base = Settings.model_validate({**base.model_dump(), "amqp_url": SecretStr(amqp_url)})
         self.settings: Settings = base
         self.mode: Mode = "amqp" if base.amqp_url is not None and hub is None else "memory"
         self.instance_id: str = new_instance_id()
@@ -181,8 +181,3 @@ class Bus:
 
     def __repr__(self) -> str:
         return f"<Bus {self.name!r} {self.mode} instance={self.instance_id} {self._state}>"
-
-
-def _fields(settings: Settings) -> dict[str, object]:
-    """The explicitly known values of ``settings``, to rebuild it with one field changed."""
-    return {name: getattr(settings, name) for name in Settings.model_fields}

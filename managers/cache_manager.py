@@ -118,11 +118,6 @@ class CacheManager:
         except KeyError:
             raise KeyError(f"no cache named {name!r} (create it with create_cache)") from None
 
-    @property
-    def caches(self) -> dict[str, Cache]:
-        """Every cache of this instance by name."""
-        return dict(self._caches)
-
     async def close(self) -> None:
         """Close every store (Redis connections)."""
         for cache in self._caches.values():

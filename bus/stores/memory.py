@@ -83,10 +83,6 @@ class MemoryStore:
         for key in [k for k in self._data if k.startswith(prefix)]:
             del self._data[key]
 
-    def drop_all(self) -> None:
-        """Forget everything (after a reconnect the entries may be stale)."""
-        self._data.clear()
-
     async def ttl(self, key: str) -> float | None:
         """Remaining seconds of ``key``; None when missing or without expiry."""
         now = time.monotonic()
