@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from bus.codec import MsgpackCodec
 from bus.instance import new_instance_id
 from bus.logs import configure_logging, get_logger
-from bus.memory import MemoryBroadcast, MemoryHub, default_hub
+from bus.memory import MemoryBroadcast, MemoryHub, MemoryQueues, default_hub
 from bus.settings import Settings
 from bus.stores.memory import MemoryStore
 from bus.stores.redis import RedisStore
@@ -23,8 +23,9 @@ from managers.cache import Cache
 from managers.cache_manager import INVALIDATION_CHANNEL, CacheManager, StoreKind
 from managers.errors import BusError
 from managers.names import validate_app_name
-from managers.protocols import BroadcastBackend, CacheStore
+from managers.protocols import BroadcastBackend, CacheStore, QueueBackend
 from managers.pubsub import PubSubManager
+from managers.queue import EventQueue
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -63,19 +64,22 @@ class Bus:
         self.hub: MemoryHub | None = None
         self._transport = None
         broadcast: BroadcastBackend
+        queues: QueueBackend
         peers: Callable[[], int] | None = None
         if self.mode == "amqp":
-            from bus.amqp import AmqpBroadcast, AmqpTransport
+            from bus.amqp import AmqpBroadcast, AmqpQueues, AmqpTransport
 
             transport = AmqpTransport(
                 base, app=self.name, instance_id=self.instance_id, log=self.log
             )
             self._transport = transport
             broadcast = AmqpBroadcast(transport, self.log)
+            queues = AmqpQueues(transport, self.log)
         else:
             self.hub = hub if hub is not None else default_hub()
             endpoint = MemoryBroadcast(self.hub, self.name, base.pubsub_prefetch)
             broadcast = endpoint
+            queues = MemoryQueues(self.hub, self.name, base.storage_dir, self.log)
             peers = functools.partial(self.hub.listeners, self.name, INVALIDATION_CHANNEL, endpoint)
         self.pubsub = PubSubManager(
             instance_id=self.instance_id,
@@ -83,6 +87,18 @@ class Bus:
             codec=self.codec,
             log=self.log,
             stop_timeout=base.stop_timeout,
+            context={"app": self.name, "instance": self.instance_id},
+        )
+        self.queue = EventQueue(
+            app=self.name,
+            instance_id=self.instance_id,
+            backend=queues,
+            codec=self.codec,
+            log=self.log,
+            retry_delay=base.retry_delay,
+            retry_delay_max=base.retry_delay_max,
+            stop_timeout=base.stop_timeout,
+            consumer_timeout=base.consumer_timeout,
             context={"app": self.name, "instance": self.instance_id},
         )
         self._redis: Redis | None = None
@@ -139,6 +155,7 @@ class Bus:
                 await self._transport.connect()
             await self.cache_manager.start()
             await self.pubsub.start()
+            await self.queue.start()
         except BaseException:
             await self._close()
             raise
@@ -154,6 +171,7 @@ class Bus:
             return
         self._state = "stopped"
         try:
+            await self.queue.stop()
             await self.pubsub.stop()
         finally:
             await self.cache_manager.close()

@@ -34,3 +34,10 @@ def validate_channel(channel: object) -> str:
             f"(at most {MAX_CHANNEL_LENGTH} characters)"
         )
     return channel
+
+
+def queue_name(app: str, channel: str, *, shared: bool = False) -> str:
+    """The event queue of ``channel``: ``<app>.queue.<channel>``, or ``queue.<channel>`` when
+    ``shared`` (one queue for every app on the broker)."""
+    validate_channel(channel)
+    return f"queue.{channel}" if shared else f"{app}.queue.{channel}"

@@ -116,3 +116,88 @@ class CacheStore(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+class QueueDelivery(Protocol):
+    """One delivery of an event-queue message to one consumer, settled exactly once."""
+
+    @property
+    def envelope(self) -> Envelope:
+        """The message as delivered (its headers carry the attempt count)."""
+        ...
+
+    @property
+    def redelivered(self) -> bool:
+        """True when the broker delivers it again (a consumer died or gave it back)."""
+        ...
+
+    async def ack(self) -> None:
+        """Done: remove it from the queue."""
+        ...
+
+    async def requeue(self) -> None:
+        """Give it back to the queue unchanged, for this or another consumer."""
+        ...
+
+    async def retry(self, envelope: Envelope, delay: float) -> None:
+        """Send ``envelope`` to the delay tier ``delay`` (back in the work queue after it),
+        confirmed, then ack this delivery."""
+        ...
+
+    async def bury(self, envelope: Envelope) -> None:
+        """Send ``envelope`` to the dead queue, confirmed, then ack this delivery."""
+        ...
+
+
+QueueReceiver = Callable[[QueueDelivery], Coroutine[Any, Any, None]]
+"""Called by a queue consumer for every delivery, each call in an asyncio task of its own."""
+
+
+class QueueConsumer(Protocol):
+    """A consumer on one work queue, with at most ``prefetch`` unsettled deliveries."""
+
+    async def pause(self) -> None:
+        """Take no more deliveries until :meth:`resume` (unsettled ones stay with us)."""
+        ...
+
+    async def resume(self) -> None:
+        """Take deliveries again."""
+        ...
+
+    async def close(self) -> None:
+        """Stop for good; every unsettled delivery goes back to the queue."""
+        ...
+
+
+class QueueBackend(Protocol):
+    """Durable work queues with delay tiers and a dead queue each (event queue)."""
+
+    async def start(self) -> None:
+        """Get ready (memory mode: load queues saved by an earlier run)."""
+        ...
+
+    async def stop(self) -> None:
+        """Release resources (memory mode: save queued messages if this was the last user)."""
+        ...
+
+    async def publish(self, queue: str, envelope: Envelope, delay: float) -> None:
+        """Store ``envelope`` durably in ``queue`` (``delay`` 0) or its delay tier ``delay``;
+        returns once the broker confirmed it."""
+        ...
+
+    async def consume(self, queue: str, prefetch: int, receiver: QueueReceiver) -> QueueConsumer:
+        """Start consuming ``queue`` with ``prefetch`` unsettled deliveries (0: unlimited)."""
+        ...
+
+    async def dead_letters(self, queue: str) -> list[Envelope]:
+        """The messages in ``queue``'s dead queue, oldest first, left in place."""
+        ...
+
+    async def replay(self, queue: str, select: Callable[[Envelope], Envelope | None]) -> int:
+        """Move dead letters for which ``select`` returns an envelope back to ``queue`` (as
+        that envelope); returns how many moved."""
+        ...
+
+    async def purge_dead(self, queue: str) -> int:
+        """Empty ``queue``'s dead queue; returns how many were removed."""
+        ...

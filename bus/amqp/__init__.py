@@ -1,6 +1,7 @@
 """The RabbitMQ backend (aio-pika): one robust connection per instance and what rides on it."""
 
 from bus.amqp.broadcast import AmqpBroadcast
+from bus.amqp.queues import AmqpQueues
 from bus.amqp.transport import AmqpTransport
 
-__all__ = ["AmqpBroadcast", "AmqpTransport"]
+__all__ = ["AmqpBroadcast", "AmqpQueues", "AmqpTransport"]

@@ -16,3 +16,13 @@ def pubsub_prefix(app: str) -> str:
 def instance_queue(app: str, instance_id: str) -> str:
     """The exclusive, auto-delete queue that receives every channel an instance subscribes to."""
     return f"{app}.instance.{instance_id}"
+
+
+def dead_queue(queue: str) -> str:
+    """The dead queue of work queue ``queue``: ``<queue>.dead``."""
+    return f"{queue}.dead"
+
+
+def delay_queue(queue: str, delay: float) -> str:
+    """The delay tier of ``queue`` holding messages ``delay`` seconds: ``<queue>.retry.<ms>``."""
+    return f"{queue}.retry.{round(delay * 1000)}"

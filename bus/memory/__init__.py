@@ -2,5 +2,6 @@
 
 from bus.memory.broadcast import MemoryBroadcast
 from bus.memory.hub import MemoryHub, default_hub
+from bus.memory.queues import MemoryQueues
 
-__all__ = ["MemoryBroadcast", "MemoryHub", "default_hub"]
+__all__ = ["MemoryBroadcast", "MemoryHub", "MemoryQueues", "default_hub"]

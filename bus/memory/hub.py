@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bus.memory.work_queue import MemoryWorkQueue
+
 if TYPE_CHECKING:
     from bus.memory.broadcast import MemoryBroadcast
 
@@ -17,6 +19,8 @@ class MemoryHub:
 
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], set[MemoryBroadcast]] = {}
+        self._queues: dict[str, MemoryWorkQueue] = {}
+        self._queue_users: dict[str, set[object]] = {}
 
     def bind(self, app: str, channel: str, endpoint: MemoryBroadcast) -> None:
         """Route ``channel`` of ``app`` to ``endpoint`` from now on."""
@@ -38,6 +42,31 @@ class MemoryHub:
     def routes(self, app: str, channel: str) -> tuple[MemoryBroadcast, ...]:
         """The endpoints bound to ``channel`` of ``app`` right now."""
         return tuple(self._routes.get((app, channel), ()))
+
+    def work_queue(self, name: str) -> MemoryWorkQueue:
+        """The work queue ``name``, created on first use (queues are durable on the hub)."""
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = MemoryWorkQueue(name)
+        return queue
+
+    def work_queues(self, prefix: str) -> list[MemoryWorkQueue]:
+        """The work queues whose name starts with ``prefix``."""
+        return [q for name, q in self._queues.items() if name.startswith(prefix)]
+
+    def join(self, app: str, user: object) -> tuple[bool, bool]:
+        """Record a started user of ``app``'s queues; (first of the app, first on the hub)."""
+        first_on_hub = not any(self._queue_users.values())
+        users = self._queue_users.setdefault(app, set())
+        first_of_app = not users
+        users.add(user)
+        return first_of_app, first_on_hub
+
+    def leave(self, app: str, user: object) -> tuple[bool, bool]:
+        """Forget a user of ``app``'s queues; (last of the app, last on the hub)."""
+        users = self._queue_users.get(app, set())
+        users.discard(user)
+        return not users, not any(self._queue_users.values())
 
 
 _default: MemoryHub | None = None

@@ -1,0 +1,345 @@
+"""Event queues on RabbitMQ: durable work queues, fixed-TTL delay tiers that dead-letter back
+into them, and a dead queue each (implements ``QueueBackend``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+)
+from structlog.typing import FilteringBoundLogger
+
+from bus.amqp.topology import dead_queue, delay_queue
+from bus.amqp.transport import AmqpTransport
+from bus.codec import CONTENT_TYPE
+from managers.envelope import HEADER_SENDER, HEADER_TRACE_ID, Envelope
+from managers.errors import BusError, BusUnavailable
+from managers.protocols import QueueReceiver
+
+
+def to_message(envelope: Envelope, app: str) -> aio_pika.Message:
+    """The persistent AMQP message of ``envelope``."""
+    return aio_pika.Message(
+        envelope.body,
+        message_id=envelope.message_id,
+        content_type=CONTENT_TYPE,
+        timestamp=envelope.timestamp,
+        app_id=app,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers={
+            HEADER_SENDER: envelope.sender,
+            HEADER_TRACE_ID: envelope.trace_id,
+            **envelope.headers,
+        },
+    )
+
+
+def to_envelope(message: AbstractIncomingMessage) -> Envelope:
+    """The envelope of a delivered AMQP message."""
+    headers = dict(message.headers)
+    timestamp = message.timestamp
+    return Envelope(
+        body=message.body,
+        message_id=message.message_id or "",
+        sender=str(headers.get(HEADER_SENDER, "")),
+        trace_id=str(headers.get(HEADER_TRACE_ID, "")),
+        timestamp=timestamp.timestamp() if timestamp is not None else 0.0,
+        headers=headers,
+    )
+
+
+class AmqpQueues:
+    """One instance's event queues on RabbitMQ.
+
+    Work queue ``Q`` (durable; classic, or quorum per ``queue_type``) takes persistent
+    messages published mandatory with confirms. Delay tier ``Q.retry.<ms>`` holds messages for
+    a fixed TTL (one TTL per queue, so no head-of-line blocking) and dead-letters them back to
+    ``Q``. Dead queue ``Q.dead`` keeps what ran out of attempts. Queue arguments are a
+    contract: they never change for a name (RabbitMQ refuses a redeclare with others).
+    """
+
+    def __init__(self, transport: AmqpTransport, log: FilteringBoundLogger) -> None:
+        self._transport = transport
+        self._log = log
+        self._settings = transport.settings
+        self._declared: set[str] = set()
+        self._topology: AbstractRobustChannel | None = None
+        self._consumers: set[AmqpQueueConsumer] = set()
+
+    # topology --------------------------------------------------------------------------
+
+    def _arguments(
+        self, target: str, *, tier_of: str | None = None, ttl: float = 0
+    ) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"x-queue-type": self._settings.queue_type}
+        if tier_of is not None:
+            arguments["x-message-ttl"] = round(ttl * 1000)
+            arguments["x-dead-letter-exchange"] = ""
+            arguments["x-dead-letter-routing-key"] = tier_of
+            if self._settings.queue_type == "quorum":  # dead-lettering that cannot lose
+                arguments["x-dead-letter-strategy"] = "at-least-once"
+                arguments["x-overflow"] = "reject-publish"
+        return arguments
+
+    async def _channel(self) -> AbstractRobustChannel:
+        """The channel queues are declared on (reopened if the broker closed it)."""
+        if self._topology is None or self._topology.is_closed:
+            channel = await self._transport.connection.channel(publisher_confirms=False)
+            assert isinstance(channel, AbstractRobustChannel)
+            self._topology = channel
+        return self._topology
+
+    async def _declare(
+        self, name: str, *, tier_of: str | None = None, ttl: float = 0
+    ) -> AbstractQueue:
+        channel = await self._channel()
+        queue = await channel.declare_queue(
+            name, durable=True, arguments=self._arguments(name, tier_of=tier_of, ttl=ttl)
+        )
+        self._declared.add(name)
+        return queue
+
+    async def _ensure(self, name: str, *, tier_of: str | None = None, ttl: float = 0) -> None:
+        if name not in self._declared:
+            await self._declare(name, tier_of=tier_of, ttl=ttl)
+
+    # lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing to load: the broker keeps the queues."""
+
+    async def stop(self) -> None:
+        """Close the consumers and the declaring channel."""
+        for consumer in list(self._consumers):
+            await consumer.close()
+        channel, self._topology = self._topology, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await self._transport.bounded("closing the queue channel", channel.close)
+
+    # publishing ------------------------------------------------------------------------
+
+    async def publish(self, queue: str, envelope: Envelope, delay: float) -> None:
+        """Publish to ``queue`` (or its delay tier ``delay``) and wait for the confirm."""
+        target = queue if delay <= 0 else delay_queue(queue, delay)
+        await self._send(queue, target, envelope, delay)
+
+    async def publish_dead(self, queue: str, envelope: Envelope) -> None:
+        """Publish to ``queue``'s dead queue and wait for the confirm."""
+        await self._send(queue, dead_queue(queue), envelope, 0)
+
+    async def _send(self, queue: str, target: str, envelope: Envelope, delay: float) -> None:
+        message = to_message(envelope, self._transport.app)
+
+        async def send() -> None:
+            await self._ensure(queue)
+            if delay > 0:
+                await self._ensure(target, tier_of=queue, ttl=delay)
+            elif target != queue:
+                await self._ensure(target)
+            await self._transport.publish_channel.default_exchange.publish(
+                message, routing_key=target, mandatory=True
+            )
+
+        what = f"publishing to queue {target!r}"
+        try:
+            await self._transport.bounded(what, send)
+        except BusUnavailable:
+            raise
+        except BusError:  # unroutable: the queue was deleted behind our back; declare again
+            self._declared.discard(queue)
+            self._declared.discard(target)
+            await self._transport.bounded(what, send)
+
+    # consuming -------------------------------------------------------------------------
+
+    async def consume(
+        self, queue: str, prefetch: int, receiver: QueueReceiver
+    ) -> AmqpQueueConsumer:
+        """Consume ``queue`` on a channel of its own with ``prefetch`` (0: unlimited)."""
+        consumer = AmqpQueueConsumer(self, queue, prefetch, receiver)
+        await self._transport.bounded(f"consuming queue {queue!r}", consumer.open)
+        self._consumers.add(consumer)
+        return consumer
+
+    def forget(self, consumer: AmqpQueueConsumer) -> None:
+        """A consumer closed."""
+        self._consumers.discard(consumer)
+
+    @property
+    def transport(self) -> AmqpTransport:
+        """The connection this backend rides on."""
+        return self._transport
+
+    # dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(self, queue: str) -> list[Envelope]:
+        """Read the dead queue without removing anything: get every message unacked, then
+        close the channel, which puts them all back in their places."""
+        found: list[Envelope] = []
+
+        async def keep(message: AbstractIncomingMessage) -> None:
+            found.append(to_envelope(message))
+
+        await self._with_dead_queue(queue, keep)
+        return found
+
+    async def replay(self, queue: str, select: Callable[[Envelope], Envelope | None]) -> int:
+        """Publish each selected dead letter to the work queue (confirmed), then ack it."""
+        moved = 0
+
+        async def move(message: AbstractIncomingMessage) -> None:
+            nonlocal moved
+            again = select(to_envelope(message))
+            if again is not None:
+                await self.publish(queue, again, 0)
+                await message.ack()
+                moved += 1
+
+        await self._with_dead_queue(queue, move)
+        return moved
+
+    async def _with_dead_queue(
+        self,
+        queue: str,
+        act: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    ) -> None:
+        bounded = self._transport.bounded
+        channel = await bounded(
+            "opening a dead-queue channel",
+            lambda: self._transport.connection.channel(publisher_confirms=False),
+        )
+        try:
+            dead = await bounded(
+                f"declaring {dead_queue(queue)!r}",
+                lambda: channel.declare_queue(
+                    dead_queue(queue), durable=True, arguments=self._arguments(queue)
+                ),
+            )
+            assert dead.declaration_result is not None
+            # Only what is there now: a replayed message that fails again comes back behind.
+            for _ in range(dead.declaration_result.message_count or 0):
+                message = await bounded(
+                    f"reading {dead_queue(queue)!r}", lambda: dead.get(no_ack=False, fail=False)
+                )
+                if message is None:
+                    break
+                await act(message)
+        finally:
+            with contextlib.suppress(Exception):
+                await bounded("closing a dead-queue channel", channel.close)
+
+    async def purge_dead(self, queue: str) -> int:
+        """Purge the dead queue; returns how many messages it held."""
+
+        async def purge() -> int:
+            dead = await self._declare(dead_queue(queue))
+            result = await dead.purge()
+            return int(result.message_count or 0) if result is not None else 0
+
+        return await self._transport.bounded(f"purging {dead_queue(queue)!r}", purge)
+
+
+class AmqpQueueConsumer:
+    """A consumer of one work queue on a robust channel of its own (implements
+    ``QueueConsumer``); aio-pika restores it after a reconnect."""
+
+    def __init__(
+        self, backend: AmqpQueues, queue: str, prefetch: int, receiver: QueueReceiver
+    ) -> None:
+        self._backend = backend
+        self._transport = backend.transport
+        self.queue_name = queue
+        self._prefetch = prefetch
+        self._receiver = receiver
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+
+    async def open(self) -> None:
+        """Open the channel, set the prefetch, declare the queue and start consuming."""
+        channel = await self._transport.connection.channel(publisher_confirms=False)
+        assert isinstance(channel, AbstractRobustChannel)
+        self._channel = channel
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await channel.declare_queue(
+            self.queue_name,
+            durable=True,
+            arguments=self._backend._arguments(self.queue_name),
+        )
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def pause(self) -> None:
+        """``basic.cancel``: the broker gives this consumer nothing more."""
+        queue, tag, self._tag = self._queue, self._tag, None
+        if queue is not None and tag is not None:
+            await self._transport.bounded(
+                f"pausing the consumer of {self.queue_name!r}", lambda: queue.cancel(tag)
+            )
+
+    async def resume(self) -> None:
+        """``basic.consume`` again."""
+        queue = self._queue
+        if queue is not None and self._tag is None:
+            self._tag = await self._transport.bounded(
+                f"resuming the consumer of {self.queue_name!r}",
+                lambda: queue.consume(self._on_message),
+            )
+
+    async def close(self) -> None:
+        """Cancel and close the channel: the broker requeues every unacked delivery."""
+        self._backend.forget(self)
+        with contextlib.suppress(BusError):
+            await self.pause()
+        channel, self._channel, self._queue = self._channel, None, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await self._transport.bounded(
+                    f"closing the consumer of {self.queue_name!r}", channel.close
+                )
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        await self._receiver(AmqpDelivery(self._backend, self.queue_name, message))
+
+
+class AmqpDelivery:
+    """A delivered work-queue message (implements ``QueueDelivery``)."""
+
+    __slots__ = ("_backend", "_message", "_queue", "envelope")
+
+    def __init__(self, backend: AmqpQueues, queue: str, message: AbstractIncomingMessage) -> None:
+        self._backend = backend
+        self._queue = queue
+        self._message = message
+        self.envelope = to_envelope(message)
+
+    @property
+    def redelivered(self) -> bool:
+        """The broker's redelivered flag."""
+        return bool(self._message.redelivered)
+
+    async def ack(self) -> None:
+        """``basic.ack``."""
+        await self._backend.transport.bounded(f"acking on {self._queue!r}", self._message.ack)
+
+    async def requeue(self) -> None:
+        """``basic.nack`` with requeue."""
+        await self._backend.transport.bounded(
+            f"requeueing on {self._queue!r}", lambda: self._message.nack(requeue=True)
+        )
+
+    async def retry(self, envelope: Envelope, delay: float) -> None:
+        """Publish to the delay tier (confirmed), then ack."""
+        await self._backend.publish(self._queue, envelope, delay)
+        await self.ack()
+
+    async def bury(self, envelope: Envelope) -> None:
+        """Publish to the dead queue (confirmed), then ack."""
+        await self._backend.publish_dead(self._queue, envelope)
+        await self.ack()
