@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from rich.console import Console
 
-from bus import __version__
+from bus import __version__, dlq
 from bus.errors import BusError
 from bus.logs import configure_logging
 from bus.settings import Settings
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where the structured (JSON) logs go (default: %(default)s)",
     )
     commands.add_parser("settings", help="show the effective settings (secrets redacted)")
+    dlq.add_parser(commands)
     return parser
 
 
@@ -58,6 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, value in settings.model_dump().items():
             console.print(f"{name} = {value}", markup=False)
         return 0
+    if args.command == "dlq":
+        configure_logging("WARNING", "console", force=True)
+        try:
+            return asyncio.run(dlq.run(console, args, settings))
+        except BusError as exc:
+            console.print(f"dlq failed: {exc}", style="red", markup=False)
+            return 1
     from bus.demo import run_demo
 
     with open(args.log_file, "a", encoding="utf-8") as log_file:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,35 +66,45 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _drop_test_exchanges() -> Iterator[None]:
-    """Delete the pub/sub exchanges the tests declared (they are not auto-delete)."""
-    yield
-    if broker_reachable() is not None:
-        return
+def _test_entities(kind: str) -> list[str]:
+    """Names of the test apps' exchanges or queues on the broker (``kind``: rabbitmqctl's
+    ``list_exchanges`` or ``list_queues``)."""
     try:
         out = subprocess.run(
-            ["rabbitmqctl", "-q", "list_exchanges", "name"],
+            ["rabbitmqctl", "-q", kind, "name"],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
+        return []
+    prefixes = (TEST_APP_PREFIX, f"queue.{TEST_APP_PREFIX}")
+    return [n for n in out.split() if n.startswith(prefixes)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_entities() -> Iterator[None]:
+    """Delete the exchanges and durable queues the tests declared on the broker."""
+    yield
+    if broker_reachable() is not None:
         return
-    names = [n for n in out.split() if n.startswith(TEST_APP_PREFIX)]
-    if names:
-        asyncio.run(_delete_exchanges(names))
+    exchanges = _test_entities("list_exchanges")
+    queues = _test_entities("list_queues")
+    if exchanges or queues:
+        asyncio.run(_delete_entities(exchanges, queues))
 
 
-async def _delete_exchanges(names: list[str]) -> None:
+async def _delete_entities(exchanges: list[str], queues: list[str]) -> None:
     import aio_pika
 
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        for name in names:
+        for name in exchanges:
             await channel.exchange_delete(name)
+        for name in queues:
+            await channel.queue_delete(name)
 
 
 def unique_app() -> str:
@@ -124,14 +135,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def make_bus(backend: str) -> AsyncIterator[BusFactory]:
-    """Factory of buses of one app on the chosen backend; all are stopped after the test."""
+async def make_bus(backend: str, tmp_path: Path) -> AsyncIterator[BusFactory]:
+    """Factory of buses of one app on the chosen backend; all are stopped after the test.
+
+    Memory-mode buses save their queues under the test's own ``tmp_path``.
+    """
     app = unique_app()
     hub = MemoryHub()
     buses: list[Bus] = []
 
     async def make(*, start: bool = True, name: str | None = None, **settings: Any) -> Bus:
-        options = fast_settings(**settings)
+        options = fast_settings(**{"storage_dir": tmp_path / "queues", **settings})
         if backend == "amqp":
             bus = Bus(name or app, amqp_url=AMQP_URL, settings=options)
         else:

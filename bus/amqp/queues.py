@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
@@ -74,9 +75,7 @@ class AmqpQueues:
 
     # topology --------------------------------------------------------------------------
 
-    def _arguments(
-        self, target: str, *, tier_of: str | None = None, ttl: float = 0
-    ) -> dict[str, Any]:
+    def arguments(self, *, tier_of: str | None = None, ttl: float = 0) -> dict[str, Any]:
         arguments: dict[str, Any] = {"x-queue-type": self._settings.queue_type}
         if tier_of is not None:
             arguments["x-message-ttl"] = round(ttl * 1000)
@@ -95,19 +94,15 @@ class AmqpQueues:
             self._topology = channel
         return self._topology
 
-    async def _declare(
-        self, name: str, *, tier_of: str | None = None, ttl: float = 0
-    ) -> AbstractQueue:
+    async def _ensure(self, name: str, *, tier_of: str | None = None, ttl: float = 0) -> None:
+        """Declare ``name`` once per connection of this backend (durable, fixed arguments)."""
+        if name in self._declared:
+            return
         channel = await self._channel()
-        queue = await channel.declare_queue(
-            name, durable=True, arguments=self._arguments(name, tier_of=tier_of, ttl=ttl)
+        await channel.declare_queue(
+            name, durable=True, arguments=self.arguments(tier_of=tier_of, ttl=ttl)
         )
         self._declared.add(name)
-        return queue
-
-    async def _ensure(self, name: str, *, tier_of: str | None = None, ttl: float = 0) -> None:
-        if name not in self._declared:
-            await self._declare(name, tier_of=tier_of, ttl=ttl)
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -187,7 +182,7 @@ class AmqpQueues:
         async def keep(message: AbstractIncomingMessage) -> None:
             found.append(to_envelope(message))
 
-        await self._with_dead_queue(queue, keep)
+        await self._each_dead(queue, keep)
         return found
 
     async def replay(self, queue: str, select: Callable[[Envelope], Envelope | None]) -> int:
@@ -202,48 +197,66 @@ class AmqpQueues:
                 await message.ack()
                 moved += 1
 
-        await self._with_dead_queue(queue, move)
+        await self._each_dead(queue, move)
         return moved
 
     async def _with_dead_queue(
         self,
         queue: str,
-        act: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        act: Callable[[AbstractQueue, int], Awaitable[None]],
     ) -> None:
+        """Run ``act(dead_queue, message_count)`` on a channel of its own (closing it puts
+        back whatever was read and not acked); nothing when the dead queue does not exist."""
         bounded = self._transport.bounded
+        name = dead_queue(queue)
         channel = await bounded(
             "opening a dead-queue channel",
             lambda: self._transport.connection.channel(publisher_confirms=False),
         )
+
+        async def find() -> AbstractQueue | None:
+            try:
+                return await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return None
+
         try:
-            dead = await bounded(
-                f"declaring {dead_queue(queue)!r}",
-                lambda: channel.declare_queue(
-                    dead_queue(queue), durable=True, arguments=self._arguments(queue)
-                ),
-            )
-            assert dead.declaration_result is not None
-            # Only what is there now: a replayed message that fails again comes back behind.
-            for _ in range(dead.declaration_result.message_count or 0):
-                message = await bounded(
-                    f"reading {dead_queue(queue)!r}", lambda: dead.get(no_ack=False, fail=False)
-                )
-                if message is None:
-                    break
-                await act(message)
+            dead = await bounded(f"looking up {name!r}", find)
+            if dead is not None:
+                assert dead.declaration_result is not None
+                await act(dead, dead.declaration_result.message_count or 0)
         finally:
             with contextlib.suppress(Exception):
                 await bounded("closing a dead-queue channel", channel.close)
 
+    async def _each_dead(
+        self, queue: str, act: Callable[[AbstractIncomingMessage], Awaitable[None]]
+    ) -> None:
+        """Get every message the dead queue holds now (unacked) and run ``act`` on it."""
+
+        async def walk(dead: AbstractQueue, count: int) -> None:
+            # Only what is there now: a replayed message that fails again comes back behind.
+            for _ in range(count):
+                message = await self._transport.bounded(
+                    f"reading {dead.name!r}", lambda: dead.get(no_ack=False, fail=False)
+                )
+                if message is None:
+                    break
+                await act(message)
+
+        await self._with_dead_queue(queue, walk)
+
     async def purge_dead(self, queue: str) -> int:
         """Purge the dead queue; returns how many messages it held."""
+        purged = 0
 
-        async def purge() -> int:
-            dead = await self._declare(dead_queue(queue))
-            result = await dead.purge()
-            return int(result.message_count or 0) if result is not None else 0
+        async def purge(dead: AbstractQueue, count: int) -> None:
+            nonlocal purged
+            result = await self._transport.bounded(f"purging {dead.name!r}", dead.purge)
+            purged = int(result.message_count or 0) if result is not None else 0
 
-        return await self._transport.bounded(f"purging {dead_queue(queue)!r}", purge)
+        await self._with_dead_queue(queue, purge)
+        return purged
 
 
 class AmqpQueueConsumer:
@@ -271,7 +284,7 @@ class AmqpQueueConsumer:
         self._queue = await channel.declare_queue(
             self.queue_name,
             durable=True,
-            arguments=self._backend._arguments(self.queue_name),
+            arguments=self._backend.arguments(),
         )
         self._tag = await self._queue.consume(self._on_message)
 
