@@ -171,8 +171,10 @@ class Bus:
             return
         self._state = "stopped"
         try:
-            await self.queue.stop()
-            await self.pubsub.stop()
+            try:
+                await self.queue.stop()
+            finally:
+                await self.pubsub.stop()
         finally:
             await self.cache_manager.close()
             await self._close()

@@ -4,66 +4,30 @@ broker-side retries with backoff and a dead queue."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Collection
 
-import structlog
 from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
 from managers.envelope import Envelope
 from managers.errors import BusError, PayloadError
 from managers.names import queue_name, validate_channel
-from managers.protocols import Codec, QueueBackend, QueueConsumer, QueueDelivery
+from managers.protocols import Codec, QueueBackend
 from managers.queue_messages import (
-    DUE_SLACK,
-    HEADER_ATTEMPT,
     HEADER_ATTEMPTS,
     HEADER_ERROR,
     HEADER_FAILED_AT,
     HEADER_FAILED_BY,
-    HEADER_NOT_BEFORE,
     DeadLetter,
     DelayTiers,
     QueueContext,
-    QueueHeaders,
     for_replay,
-    forwarded,
     from_ms,
     initial_headers,
-    parked,
-    to_ms,
 )
-
-Process = Callable[[Any, QueueContext], Awaitable[None]]
-Idle = Callable[[], bool]
-
-# The timeout of a message that arrives without an x-timeout header (published by hand).
-DEFAULT_TIMEOUT = 15.0
-
-# How often a paused (not idle) consumer asks its idle() predicate again.
-IDLE_POLL = 0.05
-
-
-@dataclass(slots=True)
-class QueueSubscription:
-    """One channel's consumer on this instance."""
-
-    channel: str
-    queue: str
-    process: Process
-    concurrency: int
-    idle: Idle | None
-    model: type[BaseModel] | None
-    consumer: QueueConsumer | None = None
-    running: dict[asyncio.Task[Any], QueueContext] = field(default_factory=dict)
-    paused: bool = False
-    closing: bool = False
-    poller: asyncio.Task[None] | None = None
+from managers.queue_worker import Idle, Process, QueueSubscription, QueueWorker
 
 
 class EventQueue:
@@ -94,6 +58,13 @@ class EventQueue:
         self._context = context
         self._debug = log.is_enabled_for(logging.DEBUG)
         self._subs: dict[str, QueueSubscription] = {}
+        self._worker = QueueWorker(
+            instance_id=instance_id,
+            codec=codec,
+            log=log,
+            tiers=self._tiers,
+            context=context,
+        )
         self._started = False
         self._stopping = False
 
@@ -105,7 +76,7 @@ class EventQueue:
             return
         await self._backend.start()
         self._started = True
-        self._stopping = False
+        self._stopping = self._worker.stopping = False
         for sub in list(self._subs.values()):
             await self._open(sub)
 
@@ -114,11 +85,11 @@ class EventQueue:
         the rest (their messages stay queued, never acked), then close the consumers."""
         if not self._started:
             return
-        self._stopping = True
+        self._stopping = self._worker.stopping = True
         subs = list(self._subs.values())
         for sub in subs:
             sub.closing = True
-            await self._pause(sub)
+            await self._worker.pause(sub, quietly=True)
         await self._drain(subs)
         for sub in subs:
             await self._close(sub)
@@ -173,22 +144,17 @@ class EventQueue:
         if sub is None:
             return
         sub.closing = True
-        await self._pause(sub)
+        await self._worker.pause(sub, quietly=True)
         await self._drain([sub])
         await self._close(sub)
 
     async def _open(self, sub: QueueSubscription) -> None:
         sub.consumer = await self._backend.consume(
-            sub.queue, sub.concurrency, lambda delivery: self._receive(sub, delivery)
+            sub.queue, sub.concurrency, lambda delivery: self._worker.receive(sub, delivery)
         )
         self._log.info(
             "queue.subscribed", channel=sub.channel, queue=sub.queue, concurrency=sub.concurrency
         )
-
-    async def _pause(self, sub: QueueSubscription) -> None:
-        if sub.consumer is not None and not sub.paused:
-            sub.paused = True
-            await sub.consumer.pause()
 
     async def _close(self, sub: QueueSubscription) -> None:
         if sub.poller is not None:
@@ -247,163 +213,6 @@ class EventQueue:
         return envelope.message_id
 
     # consuming -------------------------------------------------------------------------
-
-    async def _receive(self, sub: QueueSubscription, delivery: QueueDelivery) -> None:
-        """Backend entry point, in a task of its own for every delivery."""
-        if sub.closing or self._stopping:
-            return  # left unsettled: closing the consumer gives it back to the queue
-        if sub.idle is not None and (sub.paused or not sub.idle()):
-            await self._hand_back(sub, delivery)
-            return
-        envelope = delivery.envelope
-        structlog.contextvars.bind_contextvars(
-            **self._context,
-            trace_id=envelope.trace_id,
-            channel=sub.channel,
-            message_id=envelope.message_id,
-        )
-        task = asyncio.current_task()
-        assert task is not None
-        head = QueueHeaders.read(envelope.headers, DEFAULT_TIMEOUT)
-        loop = asyncio.get_running_loop()
-        ctx = QueueContext(
-            id=envelope.message_id,
-            channel=sub.channel,
-            attempt=head.attempt,
-            max_retries=head.max_retries,
-            timeout=head.timeout,
-            deadline=loop.time() + head.timeout,
-            redelivered=delivery.redelivered,
-            trace_id=envelope.trace_id,
-        )
-        sub.running[task] = ctx
-        try:
-            await self._handle(sub, delivery, head, ctx)
-        except asyncio.CancelledError:
-            if not self._stopping and not sub.closing:
-                raise
-            # stop() cancelled a late handler: its message stays queued (never acked)
-            self._log.warning("queue.interrupted", attempt=ctx.attempt, reason="stop")
-        finally:
-            del sub.running[task]
-
-    async def _hand_back(self, sub: QueueSubscription, delivery: QueueDelivery) -> None:
-        """This instance is busy: pause the consumer and give the message back."""
-        if not sub.paused:
-            await self._pause(sub)
-            sub.poller = asyncio.get_running_loop().create_task(self._await_idle(sub))
-            self._log.debug("queue.paused", channel=sub.channel, reason="not idle")
-        await self._settle(delivery.requeue(), delivery, "requeue")
-
-    async def _await_idle(self, sub: QueueSubscription) -> None:
-        assert sub.idle is not None
-        # idle() is a plain predicate: there is nothing to wait on but time
-        while not sub.idle():  # noqa: ASYNC110
-            await asyncio.sleep(IDLE_POLL)
-        if sub.closing or sub.consumer is None:
-            return
-        sub.paused = False
-        await sub.consumer.resume()
-        self._log.debug("queue.resumed", channel=sub.channel)
-
-    async def _handle(
-        self,
-        sub: QueueSubscription,
-        delivery: QueueDelivery,
-        head: QueueHeaders,
-        ctx: QueueContext,
-    ) -> None:
-        envelope = delivery.envelope
-        if head.not_before is not None:
-            remaining = head.not_before - time.time()
-            if remaining > DUE_SLACK:  # a delayed message on its way: send it on
-                hop = self._tiers.hop(remaining)
-                await self._settle(delivery.retry(envelope, hop), delivery, "delay")
-                return
-        try:
-            value = self._codec.decode(envelope.body)
-            if sub.model is not None:
-                value = self._codec.validate(value, sub.model)
-        except PayloadError as exc:
-            self._log.error("queue.malformed", attempt=ctx.attempt, error=str(exc))
-            await self._park(delivery, ctx, f"PayloadError: {exc}", attempts=ctx.attempt)
-            return
-        if self._debug:
-            self._log.debug(
-                "queue.start", attempt=ctx.attempt, redelivered=ctx.redelivered, timeout=ctx.timeout
-            )
-        started = time.perf_counter()
-        error = await self._run(sub.process, value, ctx)
-        took = round(time.perf_counter() - started, 6)
-        if error is None:
-            if self._debug:
-                self._log.debug("queue.success", attempt=ctx.attempt, seconds=took)
-            await self._settle(delivery.ack(), delivery, "ack")
-            return
-        self._log.warning("queue.failure", attempt=ctx.attempt, error=error, seconds=took)
-        if ctx.attempt < ctx.max_retries:
-            backoff = self._tiers.backoff(ctx.attempt)
-            retry = forwarded(
-                envelope,
-                **{
-                    HEADER_ATTEMPT: ctx.attempt + 1,
-                    HEADER_NOT_BEFORE: to_ms(time.time() + backoff),
-                },
-            )
-            if await self._settle(delivery.retry(retry, backoff), delivery, "retry"):
-                self._log.warning(
-                    "queue.retry", attempt=ctx.attempt + 1, delay=backoff, error=error
-                )
-            return
-        await self._park(delivery, ctx, error, attempts=ctx.attempt + 1)
-
-    async def _run(self, process: Process, value: object, ctx: QueueContext) -> str | None:
-        """Run one attempt under its deadline; the error text, or None on success."""
-        task = asyncio.current_task()
-        assert task is not None
-        fired = False
-
-        def expire() -> None:
-            nonlocal fired
-            fired = True
-            ctx.cancelled.set()
-            task.cancel()
-
-        handle = asyncio.get_running_loop().call_at(ctx.deadline, expire)
-        try:
-            await process(value, ctx)
-        except asyncio.CancelledError:
-            if not fired:
-                raise
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
-        finally:
-            handle.cancel()
-        if fired:  # cancelled by the deadline (or the handler swallowed the cancellation)
-            task.uncancel()
-            return f"TimeoutError: the attempt took longer than its timeout ({ctx.timeout}s)"
-        return None
-
-    async def _park(
-        self, delivery: QueueDelivery, ctx: QueueContext, error: str, *, attempts: int
-    ) -> None:
-        dead = parked(delivery.envelope, error=error, attempts=attempts, instance=self._instance_id)
-        if await self._settle(delivery.bury(dead), delivery, "dead-letter"):
-            self._log.error(
-                "queue.dead_letter", attempt=ctx.attempt, attempts=attempts, error=error
-            )
-
-    async def _settle(self, operation: Awaitable[None], delivery: QueueDelivery, what: str) -> bool:
-        """Run a settle operation; on a broker failure give the message back (or, when the
-        channel died, leave it to the broker's redelivery) and say so in the logs."""
-        try:
-            await operation
-            return True
-        except BusError as exc:
-            self._log.error("queue.settle_failed", operation=what, error=str(exc))
-        with contextlib.suppress(BusError):
-            await delivery.requeue()
-        return False
 
     # dead letters ----------------------------------------------------------------------
 

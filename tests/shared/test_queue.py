@@ -12,6 +12,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
+import structlog
 from pydantic import BaseModel
 
 from bus import Bus, BusError, InvalidName, PayloadError
@@ -390,3 +391,35 @@ async def test_queue_events_are_logged_with_their_fields(
         for key in ("channel", "trace_id", "attempt", "app", "instance"):
             assert key in entry, f"{name} lacks {key}: {entry}"
     assert [e["delay"] for e in events["queue.retry"] if e["message_id"] == ok] == [0.05]
+
+
+async def test_handler_runs_with_the_publishers_trace_id_bound(make_bus: BusFactory) -> None:
+    a, b = await make_bus(), await make_bus()
+    bound: list[dict[str, Any]] = []
+
+    async def record(message: Any, ctx: QueueContext) -> None:
+        bound.append(dict(structlog.contextvars.get_contextvars()))
+
+    await b.queue.subscribe("jobs", record)
+    with structlog.contextvars.bound_contextvars(trace_id="trace-from-a"):
+        message_id = await a.queue.publish("jobs", 1)
+    await eventually(lambda: len(bound) == 1, what="handler ran")
+    assert bound[0]["trace_id"] == "trace-from-a"
+    assert bound[0]["message_id"] == message_id
+    assert bound[0]["channel"] == "jobs"
+    assert bound[0]["instance"] == b.instance_id
+
+
+async def test_an_idle_predicate_that_raises_does_not_stop_the_queue(
+    make_bus: BusFactory,
+) -> None:
+    bus = await make_bus()
+    worker = Worker("w")
+
+    def broken() -> bool:
+        raise RuntimeError("predicate bug")
+
+    await bus.queue.subscribe("jobs", worker, idle=broken)
+    await bus.queue.publish("jobs", 1)
+    await settle(bus, "jobs", 1, worker)
+    assert worker.done == [1]
