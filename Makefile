@@ -37,6 +37,7 @@ bench: install services
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks.pubsub
 	$(PY) -m benchmarks.cache
+	$(PY) -m benchmarks.queue
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
