@@ -15,6 +15,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
+from bus.amqp.deadlines import Deadlines
 from bus.settings import Settings
 from managers.errors import BusError, BusUnavailable
 
@@ -61,6 +62,7 @@ class AmqpTransport:
         self._publish_channel: AbstractRobustChannel | None = None
         self.reconnects = 0
         self.reconnect_listeners: list[Callable[[], None]] = []
+        self._deadlines = Deadlines(settings.publish_timeout)
 
     @property
     def connection(self) -> AbstractRobustConnection:
@@ -115,6 +117,7 @@ class AmqpTransport:
         """Close the connection (and with it every channel)."""
         connection, self._connection = self._connection, None
         self._publish_channel = None
+        self._deadlines.close()
         if connection is not None:
             connection.close_callbacks.discard(self._on_close)
             await _close_quietly(connection)
@@ -132,17 +135,31 @@ class AmqpTransport:
 
     async def bounded(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Run a broker operation within ``publish_timeout``; :class:`BusUnavailable` if not."""
-        timeout = self.settings.publish_timeout
+        task = asyncio.current_task()
+        assert task is not None
+        token = self._deadlines.enter(task)
+        late = False
         try:
-            async with asyncio.timeout(timeout):
+            try:
                 return await operation()
+            finally:
+                late = self._deadlines.leave(token)
+                if late:
+                    task.uncancel()
+        except asyncio.CancelledError:
+            if late:
+                raise self._unavailable(what, TimeoutError("no answer")) from None
+            raise
         except REFUSED_ERRORS as exc:
             raise BusError(f"{what}: RabbitMQ refused it: {type(exc).__name__}: {exc}") from exc
         except UNAVAILABLE_ERRORS as exc:
-            raise BusUnavailable(
-                f"{what}: RabbitMQ did not answer within {timeout}s (publish_timeout): "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._unavailable(what, exc) from exc
+
+    def _unavailable(self, what: str, exc: BaseException) -> BusUnavailable:
+        return BusUnavailable(
+            f"{what}: RabbitMQ did not answer within {self.settings.publish_timeout}s "
+            f"(publish_timeout): {type(exc).__name__}: {exc}"
+        )
 
 
 async def _close_quietly(connection: Any) -> None:
