@@ -18,17 +18,20 @@ from bus.errors import (
 from bus.facade import Bus
 from bus.memory import MemoryHub
 from bus.settings import Settings
+from managers.queue_messages import DeadLetter, QueueContext
 
 __all__ = [
     "Bus",
     "BusError",
     "BusUnavailable",
+    "DeadLetter",
     "InvalidName",
     "LockAcquireError",
     "LockLost",
     "LockReentryError",
     "MemoryHub",
     "PayloadError",
+    "QueueContext",
     "Settings",
 ]
 __version__ = "0.1.0"
