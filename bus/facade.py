@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from bus.codec import MsgpackCodec
 from bus.instance import new_instance_id
 from bus.logs import configure_logging, get_logger
-from bus.memory import MemoryBroadcast, MemoryHub, MemoryQueues, default_hub
+from bus.memory import MemoryBroadcast, MemoryHub, MemoryLocks, MemoryQueues, default_hub
 from bus.settings import Settings
 from bus.stores.memory import MemoryStore
 from bus.stores.redis import RedisStore
@@ -22,8 +22,9 @@ from bus.stores.redis import connect as connect_redis
 from managers.cache import Cache
 from managers.cache_manager import INVALIDATION_CHANNEL, CacheManager, StoreKind
 from managers.errors import BusError
+from managers.locks import LockManager
 from managers.names import validate_app_name
-from managers.protocols import BroadcastBackend, CacheStore, QueueBackend
+from managers.protocols import BroadcastBackend, CacheStore, LockBackend, QueueBackend
 from managers.pubsub import PubSubManager
 from managers.queue import EventQueue
 
@@ -65,9 +66,10 @@ class Bus:
         self._transport = None
         broadcast: BroadcastBackend
         queues: QueueBackend
+        locks: LockBackend
         peers: Callable[[], int] | None = None
         if self.mode == "amqp":
-            from bus.amqp import AmqpBroadcast, AmqpQueues, AmqpTransport
+            from bus.amqp import AmqpBroadcast, AmqpLocks, AmqpQueues, AmqpTransport
 
             transport = AmqpTransport(
                 base, app=self.name, instance_id=self.instance_id, log=self.log
@@ -75,11 +77,13 @@ class Bus:
             self._transport = transport
             broadcast = AmqpBroadcast(transport, self.log)
             queues = AmqpQueues(transport, self.log)
+            locks = AmqpLocks(transport, self.log)
         else:
             self.hub = hub if hub is not None else default_hub()
             endpoint = MemoryBroadcast(self.hub, self.name, base.pubsub_prefetch)
             broadcast = endpoint
             queues = MemoryQueues(self.hub, self.name, base.storage_dir, self.log)
+            locks = MemoryLocks(self.hub.lock_table(self.name))
             peers = functools.partial(self.hub.listeners, self.name, INVALIDATION_CHANNEL, endpoint)
         self.pubsub = PubSubManager(
             instance_id=self.instance_id,
@@ -100,6 +104,9 @@ class Bus:
             stop_timeout=base.stop_timeout,
             consumer_timeout=base.consumer_timeout,
             context={"app": self.name, "instance": self.instance_id},
+        )
+        self.locks = LockManager(
+            backend=locks, log=self.log, context={"app": self.name, "instance": self.instance_id}
         )
         self._redis: Redis | None = None
         self.cache_manager = CacheManager(
@@ -156,6 +163,7 @@ class Bus:
             await self.cache_manager.start()
             await self.pubsub.start()
             await self.queue.start()
+            await self.locks.start()
         except BaseException:
             await self._close()
             raise
@@ -174,7 +182,10 @@ class Bus:
             try:
                 await self.queue.stop()
             finally:
-                await self.pubsub.stop()
+                try:
+                    await self.pubsub.stop()
+                finally:
+                    await self.locks.stop()
         finally:
             await self.cache_manager.close()
             await self._close()

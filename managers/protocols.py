@@ -201,3 +201,34 @@ class QueueBackend(Protocol):
     async def purge_dead(self, queue: str) -> int:
         """Empty ``queue``'s dead queue; returns how many were removed."""
         ...
+
+
+LostCallback = Callable[[str], None]
+"""Told why a hold was lost behind the holder's back (connection gone, queue deleted)."""
+
+
+class LockHold(Protocol):
+    """A key held on the backend by this instance."""
+
+    @property
+    def token(self) -> int:
+        """The fencing generation of this hold (strictly increasing per key)."""
+        ...
+
+    async def release(self) -> None:
+        """Hand the key to the next waiter (idempotent; a no-op once lost)."""
+        ...
+
+
+class LockBackend(Protocol):
+    """Mutual exclusion per key across the instances of an app, waiters served in order."""
+
+    async def acquire(self, key: str, timeout: float | None, on_lost: LostCallback) -> LockHold:
+        """Hold ``key``; wait at most ``timeout`` seconds (None: no limit, 0: answer at once)
+        and raise ``LockAcquireError`` when it passes. ``on_lost`` is called if the hold is
+        lost before it is released."""
+        ...
+
+    async def stop(self) -> None:
+        """Release every hold and end every wait of this instance."""
+        ...

@@ -1,7 +1,8 @@
 """The RabbitMQ backend (aio-pika): one robust connection per instance and what rides on it."""
 
 from bus.amqp.broadcast import AmqpBroadcast
+from bus.amqp.locks import AmqpLocks
 from bus.amqp.queues import AmqpQueues
 from bus.amqp.transport import AmqpTransport
 
-__all__ = ["AmqpBroadcast", "AmqpQueues", "AmqpTransport"]
+__all__ = ["AmqpBroadcast", "AmqpLocks", "AmqpQueues", "AmqpTransport"]

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
+_PLAIN = re.compile(r"[A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
 
 def pubsub_exchange(app: str, channel: str) -> str:
     """Fanout exchange of pub/sub channel ``channel``: ``<app>.pubsub.<channel>``."""
@@ -26,3 +32,14 @@ def dead_queue(queue: str) -> str:
 def delay_queue(queue: str, delay: float) -> str:
     """The delay tier of ``queue`` holding messages ``delay`` seconds: ``<queue>.retry.<ms>``."""
     return f"{queue}.retry.{round(delay * 1000)}"
+
+
+def lock_queue(app: str, key: str) -> str:
+    """The single-active-consumer queue of lock ``key``: ``<app>.lock.<key>``. A key that is
+    long or holds characters outside letters, digits, ``.``, ``_``, ``-`` is hashed:
+    ``<app>.lock-h.<readable part>.<sha256 prefix>``."""
+    if len(key) <= 120 and _PLAIN.fullmatch(key):
+        return f"{app}.lock.{key}"
+    readable = _UNSAFE.sub("_", key)[:60]
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{app}.lock-h.{readable}.{digest}"  # "lock-h": never equal to a plain key's name

@@ -2,6 +2,7 @@
 
 from bus.memory.broadcast import MemoryBroadcast
 from bus.memory.hub import MemoryHub, default_hub
+from bus.memory.locks import MemoryLocks
 from bus.memory.queues import MemoryQueues
 
-__all__ = ["MemoryBroadcast", "MemoryHub", "MemoryQueues", "default_hub"]
+__all__ = ["MemoryBroadcast", "MemoryHub", "MemoryLocks", "MemoryQueues", "default_hub"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bus.memory.locks import MemoryKeyState
 from bus.memory.work_queue import MemoryWorkQueue
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ class MemoryHub:
         self._routes: dict[tuple[str, str], set[MemoryBroadcast]] = {}
         self._queues: dict[str, MemoryWorkQueue] = {}
         self._queue_users: dict[str, set[object]] = {}
+        self._locks: dict[str, dict[str, MemoryKeyState]] = {}
 
     def bind(self, app: str, channel: str, endpoint: MemoryBroadcast) -> None:
         """Route ``channel`` of ``app`` to ``endpoint`` from now on."""
@@ -42,6 +44,10 @@ class MemoryHub:
     def routes(self, app: str, channel: str) -> tuple[MemoryBroadcast, ...]:
         """The endpoints bound to ``channel`` of ``app`` right now."""
         return tuple(self._routes.get((app, channel), ()))
+
+    def lock_table(self, app: str) -> dict[str, MemoryKeyState]:
+        """The lock keys of ``app`` (shared by the app's instances on this hub)."""
+        return self._locks.setdefault(app, {})
 
     def work_queue(self, name: str) -> MemoryWorkQueue:
         """The work queue ``name``, created on first use (queues are durable on the hub)."""
