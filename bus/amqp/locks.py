@@ -103,11 +103,14 @@ class AmqpLocks:
         self._channel: aio_pika.Channel | None = None
         self._opening = asyncio.Lock()
         self._claims: set[_Claim] = set()
+        self._stopping = False
 
     # the channel -------------------------------------------------------------------------
 
     async def _open(self) -> aio_pika.Channel:
         async with self._opening:
+            if self._stopping:
+                raise BusError("the bus is stopping")
             channel = self._channel
             if channel is not None and not channel.is_closed:
                 return channel
@@ -140,6 +143,8 @@ class AmqpLocks:
             try:
                 claim = await self._attempt(key, deadline, trying=timeout == 0)
             except (BusUnavailable, _Gone) as exc:
+                if self._stopping:
+                    raise BusError(f"lock {key!r}: the bus is stopping") from exc
                 if deadline is not None and loop.time() + RETRY_PAUSE >= deadline:
                     raise LockAcquireError(f"lock {key!r}: not acquired ({exc})") from exc
                 self._log.warning("lock.wait_restarted", key=key, error=str(exc))
@@ -284,6 +289,7 @@ class AmqpLocks:
 
     async def stop(self) -> None:
         """Tell every holder its lease is lost, give back every token, close the channel."""
+        self._stopping = True
         for claim in list(self._claims):
             claim.lose("bus stopping")
             await self.close_claim(claim)

@@ -1,0 +1,173 @@
+"""Locks on the real broker: topology, separate processes, a holder killed with SIGKILL, a
+holder's connection closed by the broker, a deleted queue, a lost token."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from bus import Bus, LockLost
+from bus.amqp.locks import AmqpHold
+from bus.amqp.topology import lock_queue
+from tests.amqp.broker import queue_info, rabbitmqctl
+from tests.conftest import fast_settings, unique_app
+
+pytestmark = pytest.mark.amqp
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.amqp.lock_worker",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+
+async def line(process: asyncio.subprocess.Process, within: float = 60) -> str:
+    assert process.stdout is not None
+    return (await asyncio.wait_for(process.stdout.readline(), within)).decode().strip()
+
+
+async def test_lock_queue_topology(amqp_url: str) -> None:
+    app = unique_app()
+    bus = Bus(app, amqp_url=amqp_url, settings=fast_settings())
+    async with bus, bus.locks.lock("orders.42"):
+        info = await queue_info(f"{app}.lock.orders.42")
+        assert info is not None
+        assert "x-single-active-consumer" in info["arguments"]
+        assert "x-expires" in info["arguments"] and "60000" in info["arguments"]
+        assert info["consumers"] == "1"
+    odd = lock_queue(app, "fields.before_destroy:users")
+    assert odd.startswith(f"{app}.lock-h.fields.before_destroy_users.")
+    assert lock_queue(app, "k" * 500) != lock_queue(app, "k" * 501)
+    assert len(lock_queue(app, "k" * 500).encode()) < 256
+
+
+async def test_three_processes_never_overlap(amqp_url: str, redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    app = unique_app()
+    count = 2000
+    workers = [
+        await spawn("stress", amqp_url, app, "shared", str(count), redis_url) for _ in range(3)
+    ]
+    try:
+        for worker in workers:
+            assert await line(worker) == "ready"
+        results = [await line(worker, within=600) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+            await worker.wait()
+    assert results == [f"overlaps 0 done {count}"] * 3
+    redis = Redis.from_url(redis_url)
+    try:
+        assert int(await redis.get(f"{app}:done") or 0) == 3 * count
+        assert int(await redis.get(f"{app}:holders") or 0) == 0
+    finally:
+        await redis.delete(f"{app}:done", f"{app}:holders")
+        await redis.aclose()
+
+
+async def test_a_holder_killed_with_sigkill_frees_the_lock(amqp_url: str) -> None:
+    app = unique_app()
+    holder = await spawn("hold", amqp_url, app, "job")
+    try:
+        assert await line(holder) == "held"
+        async with Bus(app, amqp_url=amqp_url, settings=fast_settings()) as waiter:
+            waiting = asyncio.get_running_loop().create_task(waiter.locks.acquire("job"))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            holder.send_signal(signal.SIGKILL)
+            await holder.wait()
+            lease = await asyncio.wait_for(waiting, 2.0)  # within 2 s of the kill
+            await lease.release()
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+
+
+async def _connection_of(bus: Bus) -> str:
+    out = await rabbitmqctl("list_connections", "--no-table-headers", "pid", "client_properties")
+    for row in out.splitlines():
+        if bus.instance_id in row:
+            return row.split("\t")[0]
+    raise AssertionError(f"no broker connection of {bus.instance_id}")
+
+
+async def test_closing_the_holders_connection_cancels_its_section(amqp_url: str) -> None:
+    app = unique_app()
+    settings = fast_settings()
+    async with (
+        Bus(app, amqp_url=amqp_url, settings=settings) as holder,
+        Bus(app, amqp_url=amqp_url, settings=settings) as waiter,
+    ):
+        entered = asyncio.Event()
+
+        async def section() -> None:
+            entered.set()
+            await asyncio.sleep(60)
+
+        running = asyncio.get_running_loop().create_task(holder.locks.run_exclusive("k", section))
+        await entered.wait()
+        waiting = asyncio.get_running_loop().create_task(waiter.locks.acquire("k"))
+        await rabbitmqctl("close_connection", await _connection_of(holder), "test: holder cut off")
+        with pytest.raises(LockLost, match="channel closed"):
+            await asyncio.wait_for(running, 10)
+        lease = await asyncio.wait_for(waiting, 10)
+        await lease.release()
+        # the holder's bus reconnects and can lock again
+        again = await asyncio.wait_for(holder.locks.acquire("k"), 20)
+        await again.release()
+
+
+async def test_a_deleted_lock_queue_heals(amqp_url: str) -> None:
+    app = unique_app()
+    settings = fast_settings()
+    async with (
+        Bus(app, amqp_url=amqp_url, settings=settings) as a,
+        Bus(app, amqp_url=amqp_url, settings=settings) as b,
+    ):
+        lease = await a.locks.acquire("k")
+        waiting = asyncio.get_running_loop().create_task(b.locks.acquire("k"))
+        await asyncio.sleep(0.2)
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            await (await connection.channel()).queue_delete(lock_queue(app, "k"))
+        await asyncio.wait_for(lease.lost.wait(), 10)  # the holder knows
+        got = await asyncio.wait_for(waiting, 10)  # the waiter starts over and wins
+        await got.release()
+
+
+async def test_a_lost_token_is_healed_by_the_waiters(amqp_url: str) -> None:
+    app = unique_app()
+    settings = fast_settings()
+    async with (
+        Bus(app, amqp_url=amqp_url, settings=settings) as a,
+        Bus(app, amqp_url=amqp_url, settings=settings) as b,
+    ):
+        lease = await a.locks.acquire("k")
+        waiting = asyncio.get_running_loop().create_task(b.locks.acquire("k"))
+        await asyncio.sleep(0.2)
+        # fault injection: the held token vanishes instead of going back to the queue
+        hold = lease.hold
+        assert isinstance(hold, AmqpHold)
+        claim = hold._claim
+        assert claim.held is not None
+        await claim.held.reject(requeue=False)
+        claim.held = None
+        await lease.release()
+        got = await asyncio.wait_for(waiting, 10)  # a waiter's periodic token heals it
+        assert got.token > lease.token
+        await got.release()
