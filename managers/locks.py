@@ -241,11 +241,7 @@ class LockManager:
         if lease.watchdog is not None:
             lease.watchdog.cancel()
         self._leases.discard(lease)
-        owners = self._holding.get(lease.key)
-        if owners is not None:
-            owners.discard(lease.owner)
-            if not owners:
-                del self._holding[lease.key]
+        self._disown(lease)
         try:
             await lease.hold.release()
         except BusError as exc:  # the broker frees it when our channel goes
@@ -259,12 +255,20 @@ class LockManager:
             held = asyncio.get_running_loop().time() - lease.acquired_at
             self._log.debug("lock.released", key=lease.key, token=lease.token, held=round(held, 6))
 
+    def _disown(self, lease: Lease) -> None:
+        owners = self._holding.get(lease.key)
+        if owners is not None:
+            owners.discard(lease.owner)
+            if not owners:
+                del self._holding[lease.key]
+
     def _lose(self, lease: Lease, reason: str) -> None:
         """The lease is gone (ttl, connection, stop): say so, cancel the section, release."""
         if lease.released or lease.lost.is_set():
             return
         lease.lost_reason = reason
         lease.lost.set()
+        self._disown(lease)  # its task may take the key again at once
         self._log.warning("lock.lost", key=lease.key, token=lease.token, reason=reason)
         if lease.section is not None and not lease.section.done():
             lease.cut = True

@@ -212,8 +212,6 @@ class EventQueue:
             )
         return envelope.message_id
 
-    # consuming -------------------------------------------------------------------------
-
     # dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, channel: str, *, shared: bool = False) -> list[DeadLetter]:

@@ -13,10 +13,10 @@ from aio_pika.abc import (
 )
 from structlog.typing import FilteringBoundLogger
 
+from bus.amqp.envelopes import to_envelope, to_message
 from bus.amqp.topology import instance_queue, pubsub_exchange, pubsub_prefix
 from bus.amqp.transport import AmqpTransport
-from bus.codec import CONTENT_TYPE
-from managers.envelope import HEADER_SENDER, HEADER_TRACE_ID, Envelope
+from managers.envelope import Envelope
 from managers.protocols import Receiver
 
 
@@ -113,19 +113,7 @@ class AmqpBroadcast:
 
     async def publish(self, channel: str, envelope: Envelope) -> None:
         """Publish to ``channel``'s exchange and wait for the broker's confirm."""
-        message = aio_pika.Message(
-            envelope.body,
-            message_id=envelope.message_id,
-            content_type=CONTENT_TYPE,
-            timestamp=envelope.timestamp,
-            app_id=self._app,
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-            headers={
-                HEADER_SENDER: envelope.sender,
-                HEADER_TRACE_ID: envelope.trace_id,
-                **envelope.headers,
-            },
-        )
+        message = to_message(envelope, self._app, persistent=False)
 
         async def send() -> None:
             exchange = self._declared.get(channel)
@@ -147,16 +135,7 @@ class AmqpBroadcast:
                     "pubsub.unexpected_message", exchange=exchange, message_id=message.message_id
                 )
                 return
-            headers = message.headers
-            timestamp = message.timestamp
-            envelope = Envelope(
-                body=message.body,
-                message_id=message.message_id or "",
-                sender=str(headers.get(HEADER_SENDER, "")),
-                trace_id=str(headers.get(HEADER_TRACE_ID, "")),
-                timestamp=timestamp.timestamp() if timestamp is not None else 0.0,
-                headers=headers,
-            )
+            envelope = to_envelope(message)
             await receiver(exchange[len(self._prefix) :], envelope)
         finally:
             try:

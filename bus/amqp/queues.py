@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractIncomingMessage,
@@ -16,43 +15,12 @@ from aio_pika.abc import (
 )
 from structlog.typing import FilteringBoundLogger
 
+from bus.amqp.envelopes import to_envelope, to_message
 from bus.amqp.topology import dead_queue, delay_queue
 from bus.amqp.transport import AmqpTransport
-from bus.codec import CONTENT_TYPE
-from managers.envelope import HEADER_SENDER, HEADER_TRACE_ID, Envelope
+from managers.envelope import Envelope
 from managers.errors import BusError, BusUnavailable
 from managers.protocols import QueueReceiver
-
-
-def to_message(envelope: Envelope, app: str) -> aio_pika.Message:
-    """The persistent AMQP message of ``envelope``."""
-    return aio_pika.Message(
-        envelope.body,
-        message_id=envelope.message_id,
-        content_type=CONTENT_TYPE,
-        timestamp=envelope.timestamp,
-        app_id=app,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers={
-            HEADER_SENDER: envelope.sender,
-            HEADER_TRACE_ID: envelope.trace_id,
-            **envelope.headers,
-        },
-    )
-
-
-def to_envelope(message: AbstractIncomingMessage) -> Envelope:
-    """The envelope of a delivered AMQP message."""
-    headers = dict(message.headers)
-    timestamp = message.timestamp
-    return Envelope(
-        body=message.body,
-        message_id=message.message_id or "",
-        sender=str(headers.get(HEADER_SENDER, "")),
-        trace_id=str(headers.get(HEADER_TRACE_ID, "")),
-        timestamp=timestamp.timestamp() if timestamp is not None else 0.0,
-        headers=headers,
-    )
 
 
 class AmqpQueues:

@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import aio_pika
 import pytest
+from aio_pika.abc import AbstractChannel
 
 from bus import Bus, LockLost
 from bus.amqp.locks import AmqpHold
 from bus.amqp.topology import lock_queue
+from managers.locks import Lease
 from tests.amqp.broker import queue_info, rabbitmqctl
 from tests.conftest import fast_settings, unique_app
 
@@ -79,15 +82,16 @@ async def test_three_processes_never_overlap(amqp_url: str, redis_url: str) -> N
         await redis.aclose()
 
 
-async def test_a_holder_killed_with_sigkill_frees_the_lock(amqp_url: str) -> None:
+async def test_a_holder_killed_with_sigkill_frees_the_lock(
+    amqp_url: str, raw: AbstractChannel
+) -> None:
     app = unique_app()
     holder = await spawn("hold", amqp_url, app, "job")
     try:
         assert await line(holder) == "held"
         async with Bus(app, amqp_url=amqp_url, settings=fast_settings()) as waiter:
             waiting = asyncio.get_running_loop().create_task(waiter.locks.acquire("job"))
-            await asyncio.sleep(0.2)
-            assert not waiting.done()
+            await consumers_on(raw, lock_queue(app, "job"), 2)
             holder.send_signal(signal.SIGKILL)
             await holder.wait()
             lease = await asyncio.wait_for(waiting, 2.0)  # within 2 s of the kill
@@ -132,42 +136,60 @@ async def test_closing_the_holders_connection_cancels_its_section(amqp_url: str)
         await again.release()
 
 
-async def test_a_deleted_lock_queue_heals(amqp_url: str) -> None:
+@dataclass
+class Contended:
+    """Bus ``holder`` holds key ``k`` of ``app``; another bus waits for it in ``waiting``."""
+
+    app: str
+    holder: Bus
+    lease: Lease
+    waiting: asyncio.Task[Lease]
+
+
+async def consumers_on(raw: AbstractChannel, queue: str, count: int) -> None:
+    """Wait until ``queue`` has ``count`` consumers (the holder and the waiters)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        declared = (await raw.declare_queue(queue, passive=True)).declaration_result
+        if declared is not None and declared.consumer_count == count:
+            return
+        assert loop.time() < deadline, f"{queue} never had {count} consumers"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def contended(amqp_url: str, raw: AbstractChannel) -> AsyncIterator[Contended]:
     app = unique_app()
     settings = fast_settings()
     async with (
-        Bus(app, amqp_url=amqp_url, settings=settings) as a,
-        Bus(app, amqp_url=amqp_url, settings=settings) as b,
+        Bus(app, amqp_url=amqp_url, settings=settings) as holder,
+        Bus(app, amqp_url=amqp_url, settings=settings) as waiter,
     ):
-        lease = await a.locks.acquire("k")
-        waiting = asyncio.get_running_loop().create_task(b.locks.acquire("k"))
-        await asyncio.sleep(0.2)
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            await (await connection.channel()).queue_delete(lock_queue(app, "k"))
-        await asyncio.wait_for(lease.lost.wait(), 10)  # the holder knows
-        got = await asyncio.wait_for(waiting, 10)  # the waiter starts over and wins
-        await got.release()
+        lease = await holder.locks.acquire("k")
+        waiting = asyncio.get_running_loop().create_task(waiter.locks.acquire("k"))
+        await consumers_on(raw, lock_queue(app, "k"), 2)
+        yield Contended(app, holder, lease, waiting)
+        waiting.cancel()
 
 
-async def test_a_lost_token_is_healed_by_the_waiters(amqp_url: str) -> None:
-    app = unique_app()
-    settings = fast_settings()
-    async with (
-        Bus(app, amqp_url=amqp_url, settings=settings) as a,
-        Bus(app, amqp_url=amqp_url, settings=settings) as b,
-    ):
-        lease = await a.locks.acquire("k")
-        waiting = asyncio.get_running_loop().create_task(b.locks.acquire("k"))
-        await asyncio.sleep(0.2)
-        # fault injection: the held token vanishes instead of going back to the queue
-        hold = lease.hold
-        assert isinstance(hold, AmqpHold)
-        claim = hold._claim
-        assert claim.held is not None
-        await claim.held.reject(requeue=False)
-        claim.held = None
-        await lease.release()
-        got = await asyncio.wait_for(waiting, 10)  # a waiter's periodic token heals it
-        assert got.token > lease.token
-        await got.release()
+async def test_a_deleted_lock_queue_heals(contended: Contended, raw: AbstractChannel) -> None:
+    await raw.queue_delete(lock_queue(contended.app, "k"))
+    await asyncio.wait_for(contended.lease.lost.wait(), 10)  # the holder knows
+    got = await asyncio.wait_for(contended.waiting, 10)  # the waiter starts over and wins
+    await got.release()
+
+
+async def test_a_lost_token_is_healed_by_the_waiters(contended: Contended) -> None:
+    # fault injection: the held token vanishes instead of going back to the queue
+    lease = contended.lease
+    hold = lease.hold
+    assert isinstance(hold, AmqpHold)
+    claim = hold._claim
+    assert claim.held is not None
+    await claim.held.reject(requeue=False)
+    claim.held = None
+    await lease.release()
+    got = await asyncio.wait_for(contended.waiting, 10)  # a waiter's periodic token heals it
+    assert got.token > lease.token
+    await got.release()

@@ -19,13 +19,6 @@ from tests.conftest import Recorder, eventually, fast_settings, unique_app
 pytestmark = pytest.mark.amqp
 
 
-@pytest.fixture
-async def raw(amqp_url: str) -> Any:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        yield await connection.channel()
-
-
 def transport_of(bus: Bus) -> AmqpTransport:
     transport = bus._transport
     assert isinstance(transport, AmqpTransport)

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 from collections import Counter
-from typing import Any
 
 import aio_pika
 import pytest
@@ -22,13 +21,6 @@ from tests.conftest import eventually, fast_settings, unique_app
 from tests.shared.test_queue import Worker, settle, wait_dead
 
 pytestmark = pytest.mark.amqp
-
-
-@pytest.fixture
-async def raw(amqp_url: str) -> Any:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        yield await connection.channel()
 
 
 async def test_topology_durable_queues_persistent_messages_and_delay_tiers(
