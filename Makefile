@@ -38,6 +38,7 @@ bench: install services
 	$(PY) -m benchmarks.pubsub
 	$(PY) -m benchmarks.cache
 	$(PY) -m benchmarks.queue
+	$(PY) -m benchmarks.locks
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

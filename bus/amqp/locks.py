@@ -56,18 +56,41 @@ class _Claim:
         self.own: set[str] = set()
         self.held: AbstractIncomingMessage | None = None
         self.token = 0
+        self.proposal = 0  # the generation of the token we published on arrival
+        self.background: set[asyncio.Task[None]] = set()
         self.on_lost: LostCallback | None = None
         self.gone = asyncio.Event()  # the broker cancelled us or the channel closed
+        self.carried = asyncio.Event()  # the held token carries our generation
         self.gone_reason = ""
-        self._settling: set[asyncio.Task[None]] = set()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         if self.state == "waiting":
             self.inbox.put_nowait(message)
         elif self.state == "holding":
+            held = self.held
+            if (
+                held is not None
+                and _token(held) < self.token
+                and message.message_id in self.own
+                and _token(message) >= self.token
+            ):  # our token carrying our generation: hold it instead
+                self.held = message
+                message = held
+                self.carried.set()
             await _quietly(message.ack)  # a duplicate token: one is enough
         else:
             await _quietly(functools.partial(message.nack, requeue=True))  # not ours to keep
+
+    def spawn(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work()`` in the background for as long as the claim lives."""
+
+        async def run() -> None:
+            with contextlib.suppress(BusError):
+                await work()
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def lose(self, reason: str) -> None:
         """The consumer is gone (queue deleted, channel closed)."""
@@ -180,7 +203,8 @@ class AmqpLocks:
             claim.tag = await bounded(
                 f"waiting on lock queue {name!r}", lambda: queue.consume(claim.on_message)
             )
-            await self._publish_token(claim, _now_us())
+            claim.proposal = _now_us()
+            claim.spawn(functools.partial(self._publish_token, claim, claim.proposal))
             limit = deadline
             if trying:
                 limit = asyncio.get_running_loop().time() + TRY_WAIT
@@ -191,7 +215,7 @@ class AmqpLocks:
             raise
         return claim
 
-    async def _publish_token(self, claim: _Claim, token: int) -> str:
+    async def _publish_token(self, claim: _Claim, token: int) -> None:
         message_id = new_message_id()
         claim.own.add(message_id)
         message = aio_pika.Message(
@@ -204,7 +228,6 @@ class AmqpLocks:
             f"publishing a token of lock {claim.key!r}",
             lambda: claim.channel.default_exchange.publish(message, routing_key=claim.queue.name),
         )
-        return message_id
 
     async def _first_token(self, claim: _Claim, deadline: float | None) -> AbstractIncomingMessage:
         """The first delivery (we are the active consumer), publishing a fresh token every
@@ -237,34 +260,34 @@ class AmqpLocks:
         return None
 
     async def _take(self, claim: _Claim, first: AbstractIncomingMessage) -> None:
-        """We are the active consumer. Keep one token that carries our generation (greater
-        than every token seen), ack the others."""
+        """We are the active consumer: the lock is ours. Our generation is above every token
+        seen; the token we keep must carry it (so that a crash hands it on), so when the one
+        in hand does not, our own token (or a fresh one) replaces it in the background."""
         seen = [first]
         while not claim.inbox.empty():
             seen.append(claim.inbox.get_nowait())
-        keep = first if first.message_id in claim.own else None
-        if keep is None:
-            own = [m for m in seen if m.message_id in claim.own]
-            highest_foreign = max((_token(m) for m in seen if m not in own), default=0)
-            best = max(own, key=_token, default=None)
-            if best is not None and _token(best) > highest_foreign:
-                keep = best
-        if keep is None:  # carry the generation on: a token above everything seen
-            newest = max(_now_us(), max(_token(m) for m in seen) + 1)
-            swap = await self._publish_token(claim, newest)
-            while keep is None:
-                message = await self._next(claim, self._transport.settings.publish_timeout)
-                if message is None:
-                    raise BusUnavailable(f"lock {claim.key!r}: our own token did not come back")
-                seen.append(message)
-                if message.message_id == swap:
-                    keep = message
-        claim.held, claim.token, claim.state = keep, _token(keep), "holding"
-        while not claim.inbox.empty():  # arrived while we were deciding
-            seen.append(claim.inbox.get_nowait())
+        foreign = max((_token(m) for m in seen if m.message_id not in claim.own), default=-1)
+        own = max((_token(m) for m in seen if m.message_id in claim.own), default=0)
+        token = max(foreign + 1, claim.proposal, own)
+        keep = max(seen, key=_token)
+        claim.held, claim.token, claim.state = keep, token, "holding"
         for message in seen:
             if message is not keep:
                 await _quietly(message.ack)
+        if _token(keep) < token:
+            claim.spawn(functools.partial(self._carry, claim))
+        else:
+            claim.carried.set()
+
+    async def _carry(self, claim: _Claim) -> None:
+        """Make the held token carry the claim's generation: our arrival token does if it
+        reaches us (the adoption happens in ``on_message``); else publish one that does."""
+        for task in list(claim.background):
+            if task is not asyncio.current_task():
+                await asyncio.wait({task})
+        held = claim.held
+        if claim.state == "holding" and held is not None and _token(held) < claim.token:
+            await self._publish_token(claim, claim.token)
 
     # releasing ---------------------------------------------------------------------------
 
@@ -272,8 +295,18 @@ class AmqpLocks:
         """Cancel the consumer, then give back the held token and anything else received."""
         if claim.state == "closed" and claim.tag is None:
             return
+        if claim.state == "holding" and not claim.carried.is_set() and not claim.channel.is_closed:
+            # hand on our generation, not the one we were given (fencing stays increasing)
+            try:
+                await asyncio.wait_for(
+                    claim.carried.wait(), self._transport.settings.publish_timeout
+                )
+            except TimeoutError:
+                self._log.warning("lock.generation_not_carried", key=claim.key)
         claim.state = "closed"
         self._claims.discard(claim)
+        for task in list(claim.background):
+            task.cancel()
         tag, claim.tag = claim.tag, None
         if tag is not None and not claim.channel.is_closed:
             with contextlib.suppress(BusError):
