@@ -1,11 +1,11 @@
-"""The ``clusterbus`` command line."""
+"""The bus's own commands of the ``clusterbus`` command line (``settings``, ``dlq``); the
+console script itself is :func:`plugins.cli.main`, which adds the demo and the node."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from collections.abc import Sequence
+from typing import TypeAlias
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -15,30 +15,24 @@ from bus.errors import BusError
 from bus.logs import configure_logging
 from bus.settings import Settings
 
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+BUS_COMMANDS = ("settings", "dlq")
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+
+def parser() -> tuple[argparse.ArgumentParser, Commands]:
+    """The ``clusterbus`` parser with the bus's commands; more may be added to the second."""
+    root = argparse.ArgumentParser(
         prog="clusterbus", description="clusterbus: one cluster out of many instances."
     )
-    parser.add_argument("--version", action="version", version=f"clusterbus {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="three instances exchanging pub/sub messages")
-    demo.add_argument(
-        "--amqp-url",
-        default=None,
-        help="run on RabbitMQ at this URL (default: in memory, no broker)",
-    )
-    demo.add_argument(
-        "--log-file",
-        default="clusterbus-demo.log",
-        help="where the structured (JSON) logs go (default: %(default)s)",
-    )
+    root.add_argument("--version", action="version", version=f"clusterbus {__version__}")
+    commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("settings", help="show the effective settings (secrets redacted)")
     dlq.add_parser(commands)
-    return parser
+    return root, commands
 
 
-def _settings_error(exc: ValidationError) -> str:
+def settings_error(exc: ValidationError) -> str:
+    """A settings validation error as lines naming each setting and its variable."""
     lines = [f"invalid settings ({exc.error_count()} error(s)):"]
     for error in exc.errors(include_url=False):
         name = ".".join(str(part) for part in error["loc"]) or "settings"
@@ -46,38 +40,24 @@ def _settings_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``clusterbus`` console script."""
-    args = _parser().parse_args(argv)
-    console = Console()
+def load_settings(console: Console) -> Settings | None:
+    """The settings from the environment, or None after printing what is wrong."""
     try:
-        settings = Settings()
+        return Settings()
     except ValidationError as exc:
-        console.print(_settings_error(exc), style="red", markup=False)
-        return 2
+        console.print(settings_error(exc), style="red", markup=False)
+        return None
+
+
+def run(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    """Carry out one of :data:`BUS_COMMANDS`; the exit status."""
     if args.command == "settings":
         for name, value in settings.model_dump().items():
             console.print(f"{name} = {value}", markup=False)
         return 0
-    if args.command == "dlq":
-        configure_logging("WARNING", "console", force=True)
-        try:
-            return asyncio.run(dlq.run(console, args, settings))
-        except BusError as exc:
-            console.print(f"dlq failed: {exc}", style="red", markup=False)
-            return 1
-    from bus.demo import run_demo
-
-    with open(args.log_file, "a", encoding="utf-8") as log_file:
-        configure_logging("DEBUG", "json", force=True, file=log_file)
-        try:
-            code = asyncio.run(run_demo(console, args.amqp_url, settings))
-        except BusError as exc:
-            console.print(f"demo failed: {exc}", style="red", markup=False)
-            code = 1
-    console.print(f"structured logs: {args.log_file}")
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    configure_logging("WARNING", "console", force=True)
+    try:
+        return asyncio.run(dlq.run(console, args, settings))
+    except BusError as exc:
+        console.print(f"dlq failed: {exc}", style="red", markup=False)
+        return 1

@@ -19,6 +19,7 @@ from bus.settings import Settings
 from bus.stores.memory import MemoryStore
 from bus.stores.redis import RedisStore
 from bus.stores.redis import connect as connect_redis
+from bus.transactions import hooks_for
 from managers.cache import Cache
 from managers.cache_manager import INVALIDATION_CHANNEL, CacheManager, StoreKind
 from managers.errors import BusError
@@ -27,6 +28,7 @@ from managers.names import validate_app_name
 from managers.protocols import BroadcastBackend, CacheStore, LockBackend, QueueBackend
 from managers.pubsub import PubSubManager
 from managers.queue import EventQueue
+from managers.sync import SyncMessageManager
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -105,6 +107,14 @@ class Bus:
             consumer_timeout=base.consumer_timeout,
             context={"app": self.name, "instance": self.instance_id},
         )
+        self.sync = SyncMessageManager(
+            pubsub=self.pubsub,
+            codec=self.codec,
+            log=self.log,
+            debounce=base.sync_debounce,
+            hooks_for=hooks_for,
+            publish_timeout=base.publish_timeout,
+        )
         self.locks = LockManager(
             backend=locks, log=self.log, context={"app": self.name, "instance": self.instance_id}
         )
@@ -170,8 +180,23 @@ class Bus:
         self._state = "started"
         self.log.info("bus.started", mode=self.mode, amqp_url=self.settings.amqp_url_redacted())
 
+    async def stop_deliveries(self) -> None:
+        """Stop every delivery into this instance (queue consumers, pub/sub and sync
+        handlers, pending debounces), waiting up to ``stop_timeout`` for running handlers;
+        publishing keeps working until :meth:`stop`. ``App.stop()`` calls this before the
+        plugins' ``before_stop`` hooks."""
+        if self._state == "started":
+            await self._stop_deliveries()
+
+    async def _stop_deliveries(self) -> None:
+        try:
+            await self.queue.stop_consuming()
+        finally:
+            await self.pubsub.stop_receiving()
+
     async def stop(self) -> None:
-        """Stop deliveries (waiting up to ``stop_timeout`` for running handlers), then close.
+        """Stop deliveries (waiting up to ``stop_timeout`` for running handlers), send what
+        committed transactions left pending, release every lock, then close.
 
         Idempotent, and a no-op on a bus that never started.
         """
@@ -179,16 +204,18 @@ class Bus:
             return
         self._state = "stopped"
         try:
+            await self._stop_deliveries()
+            await self.sync.stop()
+        finally:
             try:
                 await self.queue.stop()
+                await self.pubsub.stop()
             finally:
                 try:
-                    await self.pubsub.stop()
-                finally:
                     await self.locks.stop()
-        finally:
-            await self.cache_manager.close()
-            await self._close()
+                finally:
+                    await self.cache_manager.close()
+                    await self._close()
         self.log.info("bus.stopped")
 
     async def _close(self) -> None:

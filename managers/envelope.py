@@ -44,12 +44,19 @@ class Envelope:
     headers: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def new(cls, body: bytes, *, sender: str, headers: Mapping[str, Any] | None = None) -> Envelope:
-        """Wrap ``body`` with a new message id and the current trace id."""
+    def new(
+        cls,
+        body: bytes,
+        *,
+        sender: str,
+        headers: Mapping[str, Any] | None = None,
+        trace_id: str | None = None,
+    ) -> Envelope:
+        """Wrap ``body`` with a new message id and ``trace_id`` (default: the current one)."""
         return cls(
             body=body,
             message_id=new_message_id(),
             sender=sender,
-            trace_id=current_trace_id(),
+            trace_id=trace_id or current_trace_id(),
             headers=dict(headers or {}),
         )

@@ -92,9 +92,10 @@ class PubSubManager:
         for channel in list(self._subs):
             await self._reconcile(channel)
 
-    async def stop(self) -> None:
-        """Stop deliveries, drop pending debounced calls, wait for running handlers."""
-        if not self._started:
+    async def stop_receiving(self) -> None:
+        """Stop deliveries, drop pending debounced calls, wait for running handlers.
+        Publishing still works until :meth:`stop`."""
+        if not self._started or self._stopping:
             self._debouncer.cancel_all()
             return
         self._stopping = True
@@ -102,7 +103,6 @@ class PubSubManager:
         if dropped:
             self._log.info("pubsub.debounce_cancelled", count=dropped)
         await self._backend.stop()
-        self._started = False
         self._bound.clear()
         running = {t for t in self._inflight | self._tasks if t is not asyncio.current_task()}
         if running:
@@ -112,6 +112,11 @@ class PubSubManager:
             if late:
                 self._log.warning("pubsub.handlers_cancelled", count=len(late))
                 await asyncio.wait(late)
+
+    async def stop(self) -> None:
+        """Stop receiving (see :meth:`stop_receiving`) and publishing."""
+        await self.stop_receiving()
+        self._started = False
 
     @property
     def started(self) -> bool:
@@ -170,7 +175,7 @@ class PubSubManager:
     async def _reconcile(self, channel: str) -> None:
         """Make the backend binding of ``channel`` match whether it has handlers."""
         async with self._bind_lock:
-            if not self._started:
+            if not self._started or self._stopping:
                 return
             wanted = bool(self._subs.get(channel))
             if wanted and channel not in self._bound:
@@ -194,7 +199,20 @@ class PubSubManager:
         """
         validate_channel(channel)
         body = self._codec.encode(message, channel=channel)
-        envelope = Envelope.new(body, sender=self._instance_id)
+        return await self.publish_encoded(channel, body, skip_self=skip_self, only_self=only_self)
+
+    async def publish_encoded(
+        self,
+        channel: str,
+        body: bytes,
+        *,
+        skip_self: bool = True,
+        only_self: bool = False,
+        trace_id: str | None = None,
+    ) -> str:
+        """:meth:`publish` of a payload already encoded by the bus codec (sync messages encode
+        at the call and send after the commit), under ``trace_id`` when given."""
+        envelope = Envelope.new(body, sender=self._instance_id, trace_id=trace_id)
         if not only_self:
             if not self._started:
                 raise BusError(f"cannot publish on {channel!r}: the bus is not started")

@@ -80,10 +80,11 @@ class EventQueue:
         for sub in list(self._subs.values()):
             await self._open(sub)
 
-    async def stop(self) -> None:
+    async def stop_consuming(self) -> None:
         """Take no more messages, wait up to ``stop_timeout`` for running handlers, cancel
-        the rest (their messages stay queued, never acked), then close the consumers."""
-        if not self._started:
+        the rest (their messages stay queued, never acked), then close the consumers.
+        Publishing still works until :meth:`stop`."""
+        if not self._started or self._stopping:
             return
         self._stopping = self._worker.stopping = True
         subs = list(self._subs.values())
@@ -93,6 +94,12 @@ class EventQueue:
         await self._drain(subs)
         for sub in subs:
             await self._close(sub)
+
+    async def stop(self) -> None:
+        """Stop consuming (see :meth:`stop_consuming`), then release the backend."""
+        if not self._started:
+            return
+        await self.stop_consuming()
         self._started = False
         await self._backend.stop()
 
@@ -130,7 +137,7 @@ class EventQueue:
             raise BusError(f"queue channel {channel!r} already has a consumer on this instance")
         sub = QueueSubscription(channel, queue, process, max(0, concurrency), idle, model)
         self._subs[queue] = sub
-        if self._started:
+        if self._started and not self._stopping:
             try:
                 await self._open(sub)
             except BaseException:
@@ -194,7 +201,7 @@ class EventQueue:
         if not delay >= 0:
             raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
         body = self._codec.encode(message, channel=channel)
-        if not self._started or self._stopping:
+        if not self._started:
             raise BusError(f"cannot publish on queue {channel!r}: the bus is not started")
         not_before = time.time() + delay if delay > 0 else None
         headers = initial_headers(max_retries=max_retries, timeout=timeout, not_before=not_before)

@@ -12,7 +12,7 @@ def test_demo_in_memory_mode_behaves(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERBUS_")}
     env["COLUMNS"] = "120"
     proc = subprocess.run(
-        [sys.executable, "-m", "bus.cli", "demo", "--log-file", str(tmp_path / "demo.log")],
+        [sys.executable, "-m", "plugins.cli", "demo", "--log-file", str(tmp_path / "demo.log")],
         capture_output=True,
         text=True,
         timeout=120,

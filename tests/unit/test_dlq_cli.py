@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from bus import Bus, MemoryHub
-from bus.cli import main
 from bus.logs import configure_logging
 from managers.queue import QueueContext
+from plugins.cli import main
 from tests.conftest import fast_settings, unique_app
 
 

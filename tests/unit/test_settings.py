@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from bus import Settings
-from bus.cli import main
+from plugins.cli import main
 
 
 def test_defaults_follow_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,151 @@
+"""Sync messages: pub/sub on ``sync.<channel>``, debounced, sent only after the database
+transaction they belong to commits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+from structlog.typing import FilteringBoundLogger
+
+from managers.envelope import current_trace_id
+from managers.errors import BusError
+from managers.names import validate_channel
+from managers.protocols import Codec
+from managers.pubsub import Handler, PubSubManager, Subscription
+
+SYNC_PREFIX = "sync."
+
+
+class TransactionHooks(Protocol):
+    """Commit and rollback callbacks of one transaction (see :mod:`bus.transactions`)."""
+
+    def after_commit(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once the transaction committed."""
+        ...
+
+    def after_rollback(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` if the transaction rolls back instead."""
+        ...
+
+
+HooksFor = Callable[[object], TransactionHooks]
+"""Turns a transaction object (a SQLAlchemy session, ...) into its hooks, or raises
+``TypeError`` naming what is supported."""
+
+
+class SyncMessageManager:
+    """``bus.sync``: publish after commit, subscribe with the ``sync_debounce`` debounce."""
+
+    def __init__(
+        self,
+        *,
+        pubsub: PubSubManager,
+        codec: Codec,
+        log: FilteringBoundLogger,
+        debounce: float,
+        hooks_for: HooksFor,
+        publish_timeout: float,
+    ) -> None:
+        self._pubsub = pubsub
+        self._codec = codec
+        self._log = log
+        self._debounce = debounce
+        self._hooks_for = hooks_for
+        self._publish_timeout = publish_timeout
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def subscribe(
+        self, channel: str, handler: Handler, *, model: type[BaseModel] | None = None
+    ) -> Subscription:
+        """Call ``handler(message)`` for sync messages of ``channel`` from other instances,
+        debounced by ``sync_debounce`` seconds."""
+        return await self._pubsub.subscribe(
+            _wire(channel), handler, debounce=self._debounce, model=model
+        )
+
+    async def unsubscribe(self, channel: str, handler: Handler) -> None:
+        """Remove ``handler`` from ``channel``."""
+        await self._pubsub.unsubscribe(_wire(channel), handler)
+
+    async def publish(
+        self,
+        channel: str,
+        message: object,
+        *,
+        transaction: object = None,
+        skip_self: bool = True,
+        only_self: bool = False,
+    ) -> bool:
+        """Send ``message`` on ``channel``; True once sent, or (with ``transaction``) once
+        registered to be sent when it commits (discarded if it rolls back). Never waits for
+        the commit, so awaiting this inside the transaction cannot deadlock. The payload is
+        encoded at once: a bad one raises :class:`PayloadError` here."""
+        wire = _wire(channel)
+        body = self._codec.encode(message, channel=wire)
+        if transaction is None:
+            await self._pubsub.publish_encoded(wire, body, skip_self=skip_self, only_self=only_self)
+            return True
+        hooks = self._hooks_for(transaction)
+        loop = asyncio.get_running_loop()
+        trace_id = current_trace_id()
+        settled = False
+
+        def on_commit() -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            send = (wire, body, skip_self, only_self, trace_id)
+            if _in_loop_thread(loop):
+                self._spawn(*send)
+            else:  # a sync session committed in a worker thread
+                loop.call_soon_threadsafe(self._spawn, *send)
+
+        def on_rollback() -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            self._log.info("sync.discarded", channel=wire, trace_id=trace_id, reason="rollback")
+
+        hooks.after_commit(on_commit)
+        hooks.after_rollback(on_rollback)
+        self._log.debug("sync.pending", channel=wire, trace_id=trace_id)
+        return True
+
+    def _spawn(self, *send: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(*send))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self, wire: str, body: bytes, skip_self: bool, only_self: bool, trace_id: str
+    ) -> None:
+        try:
+            await self._pubsub.publish_encoded(
+                wire, body, skip_self=skip_self, only_self=only_self, trace_id=trace_id
+            )
+        except BusError as exc:
+            self._log.error("sync.send_failed", channel=wire, trace_id=trace_id, error=str(exc))
+
+    async def stop(self) -> None:
+        """Wait (up to ``publish_timeout``) for the sends of committed transactions."""
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=self._publish_timeout)
+
+
+def _wire(channel: str) -> str:
+    return validate_channel(f"{SYNC_PREFIX}{validate_channel(channel)}")
+
+
+def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:  # no loop runs in this thread: a worker thread
+        return False
+
+
+__all__ = ["SYNC_PREFIX", "SyncMessageManager", "TransactionHooks"]

