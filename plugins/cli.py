@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +13,8 @@ from rich.console import Console
 from bus import cli as bus_cli
 from bus.errors import BusError
 from bus.logs import configure_logging
+from bus.settings import Settings
+from plugins.demo_node import APP_NAME
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +31,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="clusterbus-demo.log",
         help="where the structured (JSON) logs go (default: %(default)s)",
     )
+    node = commands.add_parser("node", help="run one instance of the demo service")
+    node.add_argument("--amqp-url", default=None, help="RabbitMQ URL (default: the setting)")
+    node.add_argument("--label", default=None, help="this node's name (default: host name)")
+    node.add_argument("--app", default=APP_NAME, help="the app name (default: %(default)s)")
+    node.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL (default: CLUSTERBUS_DEMO_DATABASE_URL)",
+    )
+    node.add_argument("--log-file", default=None, help="JSON logs here (default: stderr)")
     args = root.parse_args(argv)
     console = Console()
     settings = bus_cli.load_settings(console)
@@ -34,17 +48,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command in bus_cli.BUS_COMMANDS:
         return bus_cli.run(args, console, settings)
+    if args.command == "node":
+        return _node(args, settings)
     from plugins.demo import run_demo
 
     with open(args.log_file, "a", encoding="utf-8") as log_file:
         configure_logging("DEBUG", "json", force=True, file=log_file)
         try:
-            code = asyncio.run(run_demo(console, args.amqp_url, settings))
+            code = asyncio.run(run_demo(console, args.amqp_url, settings, args.log_file))
         except BusError as exc:
             console.print(f"demo failed: {exc}", style="red", markup=False)
             code = 1
     console.print(f"structured logs: {args.log_file}")
     return code
+
+
+def _node(args: argparse.Namespace, settings: Settings) -> int:
+    from plugins.demo_node import run_node
+
+    with contextlib.ExitStack() as files:
+        target = (
+            files.enter_context(open(args.log_file, "a", encoding="utf-8"))
+            if args.log_file
+            else None
+        )
+        configure_logging(
+            settings.log_level, "json" if target else settings.log_format, force=True, file=target
+        )
+        return asyncio.run(
+            run_node(
+                label=args.label,
+                amqp_url=args.amqp_url,
+                database_url=args.database_url,
+                app_name=args.app,
+                settings=settings,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -1,179 +1,374 @@
-"""``clusterbus demo``: three instances of one app exchanging pub/sub messages.
+"""``clusterbus demo``: three instances of one app running the example plugins, driven
+through a scenario whose every step is checked; non-zero exit when one did not behave.
 
-In one process on the memory hub by default, or on RabbitMQ with ``--amqp-url``. Every step
-is checked; the demo exits non-zero when one did not behave.
+In memory mode the three instances live in this process on one hub; with ``--amqp-url``
+they are three ``clusterbus node`` processes on RabbitMQ. Either way the driver talks to
+them only through the bus (the ``demo-control`` plugin), and they share one SQLite file.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import contextlib
+import itertools
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bus.facade import Bus
-from bus.memory import MemoryHub
-from bus.settings import Settings
+from bus import Bus, BusError, MemoryHub, Settings
+from plugins.app import App
+from plugins.demo_node import APP_NAME, CONTROL, REPLY, build_node
+from plugins.examples.db import Database
 
-NAMES = ("node-a", "node-b", "node-c")
-
-
-@dataclass
-class Node:
-    """One demo instance and what it saw."""
-
-    label: str
-    bus: Bus
-    seen: list[str] = field(default_factory=list)
-    debounced_calls: int = 0
+LABELS = ("node-a", "node-b", "node-c")
+CALL_TIMEOUT = 15.0
 
 
-class DemoFailed(Exception):
+class StepFailed(Exception):
     """A demo step did not behave as the product promises."""
 
 
-class Demo:
-    """The scripted scenario; ``run()`` returns the list of failed steps (empty on success)."""
+class Remote:
+    """The driver's end of the control channel: requests out, replies matched by id."""
 
-    def __init__(self, console: Console, amqp_url: str | None, settings: Settings) -> None:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+
+    async def start(self) -> None:
+        await self.bus.pubsub.subscribe(REPLY, self._on_reply)
+
+    async def _on_reply(self, reply: dict[str, Any]) -> None:
+        waiter = self._waiting.pop(str(reply.get("id")), None)
+        if waiter is None or waiter.done():
+            return
+        if reply.get("ok"):
+            waiter.set_result(reply.get("result"))
+        else:
+            waiter.set_exception(StepFailed(f"{reply.get('node')}: {reply.get('error')}"))
+
+    async def call(self, node: str, op: str, **args: Any) -> Any:
+        """Ask ``node`` to run ``op(**args)``; its result."""
+        request_id = uuid.uuid4().hex
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = waiter
+        request = {"id": request_id, "node": node, "op": op, "args": args}
+        await self.bus.pubsub.publish(CONTROL, request)
+        try:
+            return await asyncio.wait_for(waiter, CALL_TIMEOUT)
+        except TimeoutError:
+            raise StepFailed(f"{node} did not answer {op!r} within {CALL_TIMEOUT}s") from None
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        """Every node's status, by label."""
+        found = await asyncio.gather(*(self.call(label, "status") for label in LABELS))
+        return {status["label"]: status for status in found}
+
+    async def until(
+        self, check: Callable[[dict[str, dict[str, Any]]], bool], what: str, within: float = 15
+    ) -> dict[str, dict[str, Any]]:
+        """Poll the nodes' statuses until ``check`` holds."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            statuses = await self.statuses()
+            if check(statuses):
+                return statuses
+            if asyncio.get_running_loop().time() > deadline:
+                raise StepFailed(f"not within {within}s: {what}")
+            await asyncio.sleep(0.1)
+
+
+class Scenario:
+    """The steps, in order; each prints one line of the narrative."""
+
+    def __init__(self, console: Console, remote: Remote) -> None:
         self.console = console
-        self.amqp_url = amqp_url
-        self.settings = settings
-        self.app = "clusterbus-demo"
+        self.remote = remote
         self.failures: list[str] = []
-        self.nodes: list[Node] = []
 
-    def _bus(self, hub: MemoryHub | None) -> Bus:
-        if self.amqp_url is not None:
-            return Bus(self.app, amqp_url=self.amqp_url, settings=self.settings)
-        return Bus(self.app, hub=hub, settings=self.settings)
+    async def step(self, title: str, run: Callable[[], Awaitable[str]]) -> None:
+        try:
+            detail = await run()
+        except (StepFailed, BusError) as exc:
+            self.failures.append(title)
+            self.console.print(f"[red]✗[/red] {title}: [red]{exc}[/red]")
+        else:
+            self.console.print(f"[green]✓[/green] {title}: {detail}")
 
     async def run(self) -> list[str]:
-        """Start three instances, walk the scenario, stop them."""
-        hub = MemoryHub() if self.amqp_url is None else None
-        self.nodes = [Node(label, self._bus(hub)) for label in NAMES]
-        mode = self.nodes[0].bus.mode
-        self.console.rule(f"clusterbus demo: app {self.app!r}, {mode} mode, 3 instances")
-        try:
-            for node in self.nodes:
-                await node.bus.start()
-                await node.bus.pubsub.subscribe("demo.news", self._recorder(node))
-                await node.bus.pubsub.subscribe("demo.schema", self._debounced(node), debounce=0.3)
-                self.console.print(f"  started {node.label} as instance {node.bus.instance_id}")
-            await self._step_skip_self()
-            await self._step_everyone()
-            await self._step_only_self()
-            await self._step_debounce()
-        finally:
-            for node in self.nodes:
-                await node.bus.stop()
-        self._table()
+        await self.step("three instances answer", self.ready)
+        await self.step("a schema change reaches the others after commit", self.schema_change)
+        await self.step("a rolled-back change sends nothing", self.rolled_back)
+        await self.step("tasks spread over the instances", self.tasks_spread)
+        await self.step("a cancel reaches the instance running the task", self.cancel)
+        await self.step("field removals are serialised by the lock", self.removals)
+        await self.step("the auth cache is hit", self.auth_cache)
         return self.failures
 
-    def _recorder(self, node: Node) -> Callable[[Any], Any]:
-        async def handler(message: Any) -> None:
-            node.seen.append(str(message["text"]))
+    async def ready(self) -> str:
+        statuses = await self.remote.until(lambda s: len(s) == 3, "three nodes answer")
+        return ", ".join(f"{label} = {s['instance']}" for label, s in statuses.items())
 
-        return handler
-
-    def _debounced(self, node: Node) -> Callable[[Any], Any]:
-        async def handler(message: Any) -> None:
-            node.debounced_calls += 1
-            self.console.print(
-                f"  {node.label}: debounced schema handler ran once for {message['collection']!r}"
-            )
-
-        return handler
-
-    async def _wait(self, check: Callable[[], bool], timeout: float = 10.0) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not check():
-            if loop.time() > deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
-
-    async def _settle(self, text: str) -> None:
-        """Send a marker from node-a to everyone; once all have it, earlier messages arrived."""
-        marker = f"marker:{text}"
-        await self.nodes[0].bus.pubsub.publish("demo.news", {"text": marker}, skip_self=False)
-        await self._wait(lambda: all(marker in n.seen for n in self.nodes))
-        for node in self.nodes:
-            if marker in node.seen:
-                node.seen.remove(marker)
-
-    def _check(self, step: str, ok: bool) -> None:
-        mark = "[green]ok[/green]" if ok else "[red]FAILED[/red]"
-        self.console.print(f"  {mark}  {step}")
-        if not ok:
-            self.failures.append(step)
-
-    async def _step_skip_self(self) -> None:
-        a, b, c = self.nodes
-        self.console.print("\n[bold]1. node-a publishes 'hello' (skip_self=True, the default)")
-        await a.bus.pubsub.publish("demo.news", {"text": "hello"})
-        await self._settle("1")
-        self._check("node-b and node-c got 'hello'", "hello" in b.seen and "hello" in c.seen)
-        self._check("node-a did not get its own 'hello'", "hello" not in a.seen)
-
-    async def _step_everyone(self) -> None:
-        print_ = self.console.print
-        print_("\n[bold]2. node-a publishes 'to all' with skip_self=False")
-        await self.nodes[0].bus.pubsub.publish("demo.news", {"text": "to all"}, skip_self=False)
-        await self._settle("2")
-        self._check("all three got 'to all'", all("to all" in n.seen for n in self.nodes))
-
-    async def _step_only_self(self) -> None:
-        a, b, c = self.nodes
-        self.console.print("\n[bold]3. node-b publishes 'just me' with only_self=True")
-        await b.bus.pubsub.publish("demo.news", {"text": "just me"}, only_self=True)
-        await self._settle("3")
-        self._check("node-b got 'just me'", "just me" in b.seen)
-        self._check("node-a and node-c did not", "just me" not in a.seen + c.seen)
-
-    async def _step_debounce(self) -> None:
-        a, b, c = self.nodes
-        self.console.print(
-            "\n[bold]4. node-a publishes the same schema change 5 times (handlers debounce 0.3 s)"
+    async def schema_change(self) -> str:
+        if not await self.remote.call("node-a", "add_field", collection="posts", field="title"):
+            raise StepFailed("node-a could not add posts.title")
+        statuses = await self.remote.until(
+            lambda s: all("title" in s[n]["collections"].get("posts", []) for n in LABELS[1:]),
+            "node-b and node-c see posts.title",
         )
+        if "posts" in statuses["node-a"]["reloads"]:
+            raise StepFailed("node-a received its own sync message")
+        return "node-a added posts.title; node-b and node-c reloaded posts from the database"
+
+    async def rolled_back(self) -> str:
+        added = await self.remote.call(
+            "node-a", "add_field", collection="comments", field="draft", fail=True
+        )
+        if added:
+            raise StepFailed("the failing transaction reported success")
+        await self.remote.call("node-a", "add_field", collection="tags", field="label")
+        statuses = await self.remote.until(
+            lambda s: all("tags" in s[n]["reloads"] for n in LABELS[1:]),
+            "a later change arrives",
+        )
+        for label, status in statuses.items():
+            if "comments" in status["reloads"] or "comments" in status["collections"]:
+                raise StepFailed(f"{label} saw the rolled-back change to comments")
+        return "comments.draft rolled back: nobody reloaded; tags.label, sent after, arrived"
+
+    async def tasks_spread(self) -> str:
+        ids = [await self.remote.call("node-a", "submit", kind="sleep", seconds=0.3)]
         for _ in range(5):
-            await a.bus.pubsub.publish("demo.schema", {"collection": "users"})
-        ok = await self._wait(lambda: b.debounced_calls >= 1 and c.debounced_calls >= 1)
-        await self._wait(
-            lambda: all(n.bus.pubsub.pending_debounced == 0 for n in self.nodes), timeout=2
+            ids.append(await self.remote.call("node-a", "submit", kind="sleep", seconds=0.3))
+        statuses = await self.remote.until(
+            lambda s: set(ids) <= {i for n in s.values() for i in n["done"]}, "all 6 tasks done"
         )
-        self._check(
-            "node-b and node-c each ran the handler once (not 5 times)",
-            ok and b.debounced_calls == 1 and c.debounced_calls == 1,
+        runs = [i for n in statuses.values() for i in n["started"] if i in ids]
+        if sorted(runs) != sorted(ids):
+            raise StepFailed(f"tasks did not run exactly once each: {runs}")
+        spread = {label: sum(i in ids for i in s["started"]) for label, s in statuses.items()}
+        if sum(1 for count in spread.values() if count) < 2:
+            raise StepFailed(f"all tasks ran on one instance: {spread}")
+        return "6 tasks submitted on node-a ran " + ", ".join(
+            f"{count} on {label}" for label, count in spread.items()
         )
-        self._check("node-a (the sender) did not run it", a.debounced_calls == 0)
 
-    def _table(self) -> None:
-        table = Table(title="What each instance saw")
-        table.add_column("instance")
-        table.add_column("instance id")
-        table.add_column("demo.news messages")
-        table.add_column("debounced schema calls", justify="right")
-        for node in self.nodes:
-            table.add_row(
-                node.label,
-                node.bus.instance_id,
-                ", ".join(node.seen) or "-",
-                str(node.debounced_calls),
-            )
-        self.console.print()
-        self.console.print(table)
+    async def cancel(self) -> str:
+        task_id = await self.remote.call("node-a", "submit", kind="sleep", seconds=30)
+        statuses = await self.remote.until(
+            lambda s: any(task_id in n["running"] for n in s.values()), "the long task starts"
+        )
+        runner = next(label for label, s in statuses.items() if task_id in s["running"])
+        await self.remote.call("node-b", "cancel", task_id=task_id)
+        statuses = await self.remote.until(
+            lambda s: task_id in s[runner]["cancelled"], f"{runner} cancels the task"
+        )
+        if any(task_id in s["done"] for s in statuses.values()):
+            raise StepFailed("the cancelled task was reported done")
+        return f"node-b cancelled a 30 s task; {runner}, which ran it, stopped it"
+
+    async def removals(self) -> str:
+        first, second = await asyncio.gather(
+            self.remote.call("node-a", "remove_field", collection="posts", field="title"),
+            self.remote.call("node-b", "remove_field", collection="posts", field="body"),
+        )
+        if not (first or second):
+            raise StepFailed("neither removal happened")
+        statuses = await self.remote.statuses()
+        sections = sorted(
+            (enter, leave, label)
+            for label, status in statuses.items()
+            for enter, leave in _sections(status["lock_log"])
+        )
+        for (_, leave, one), (enter, _, other) in itertools.pairwise(sections):
+            if enter < leave:
+                raise StepFailed(f"{one} and {other} were inside the lock at the same time")
+        if len(sections) < 2:
+            raise StepFailed(f"expected two lock sections, saw {len(sections)}")
+        key = "data-source:fields.before_destroy:posts"
+        return f"{len(sections)} sections under {key!r}, none overlapping"
+
+    async def auth_cache(self) -> str:
+        for _ in range(3):
+            await self.remote.call("node-c", "token_policy")
+        reads = (await self.remote.call("node-c", "status"))["auth_db_reads"]
+        if reads != 1:
+            raise StepFailed(f"node-c read the token policy from the database {reads} times")
+        return "3 token-policy reads on node-c, 1 from the database, 2 from the cache"
 
 
-async def run_demo(console: Console, amqp_url: str | None, settings: Settings) -> int:
-    """Run the demo; 0 when every step behaved, 1 otherwise."""
-    failures = await Demo(console, amqp_url, settings).run()
+def _sections(lock_log: list[list[Any]]) -> list[tuple[float, float]]:
+    """(enter, exit) times of a node's lock sections."""
+    sections, entered = [], None
+    for _instance, what, at in lock_log:
+        if what == "enter":
+            entered = float(at)
+        elif entered is not None:
+            sections.append((entered, float(at)))
+            entered = None
+    return sections
+
+
+def final_table(statuses: dict[str, dict[str, Any]]) -> Table:
+    """What each instance saw."""
+    table = Table(title="what each instance saw")
+    for column in (
+        "node",
+        "instance",
+        "sync reloads",
+        "tasks run",
+        "cancelled",
+        "lock sections",
+        "auth db reads",
+    ):
+        table.add_column(column)
+    for label, s in sorted(statuses.items()):
+        table.add_row(
+            label,
+            s["instance"],
+            ", ".join(s["reloads"]) or "-",
+            str(len(s["done"])),
+            str(len(s["cancelled"])),
+            str(len(_sections(s["lock_log"]))),
+            str(s["auth_db_reads"]),
+        )
+    return table
+
+
+async def run_demo(
+    console: Console, amqp_url: str | None, settings: Settings, log_file: str | None = None
+) -> int:
+    """Start the cluster, run the scenario, print the table; the exit status."""
+    demo_settings = Settings.model_validate(
+        {**settings.model_dump(), "sync_debounce": 0.2, "retry_delay": 0.2}
+    )
+    mode = "memory, one process"
+    if amqp_url:
+        mode = f"RabbitMQ at {Settings(amqp_url=amqp_url).amqp_url_redacted()}, three processes"
+    console.print(f"[bold]clusterbus demo[/bold]: three instances of one app ({mode})")
+    started = time.monotonic()
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="clusterbus-demo-") as directory:
+        database_url = f"sqlite+aiosqlite:///{Path(directory) / 'demo.db'}"
+        database = Database(database_url)
+        await database.create_all()
+        app_name = f"{APP_NAME}-{uuid.uuid4().hex[:6]}"
+        here = Settings.model_validate({**demo_settings.model_dump(), "storage_dir": directory})
+        cluster: MemoryCluster | ProcessCluster = (
+            ProcessCluster(app_name, amqp_url, database_url, here, log_file)
+            if amqp_url
+            else MemoryCluster(app_name, database, here)
+        )
+        try:
+            await cluster.start()
+            async with cluster.driver() as bus:
+                remote = Remote(bus)
+                await remote.start()
+                failures = await Scenario(console, remote).run()
+                with contextlib.suppress(StepFailed, BusError):
+                    console.print(final_table(await remote.statuses()))
+        except StepFailed as exc:
+            failures.append(str(exc))
+            console.print(f"[red]✗ {exc}[/red]")
+        finally:
+            await cluster.stop()
+            await database.dispose()
+    took = time.monotonic() - started
     if failures:
-        console.print(f"\n[red bold]{len(failures)} step(s) failed:[/] " + "; ".join(failures))
+        console.print(f"[red]{len(failures)} step(s) did not behave[/red] ({took:.1f} s)")
         return 1
-    console.print("\n[green bold]every step behaved[/]")
+    console.print(f"[green]every step behaved[/green] ({took:.1f} s)")
     return 0
+
+
+class MemoryCluster:
+    """Three nodes in this process on one memory hub."""
+
+    def __init__(self, app_name: str, database: Database, settings: Settings) -> None:
+        self.hub = MemoryHub()
+        self.settings = settings
+        self.app_name = app_name
+        self.nodes: list[App] = [
+            build_node(label, database, app_name=app_name, hub=self.hub, settings=settings)
+            for label in LABELS
+        ]
+
+    async def start(self) -> None:
+        for node in self.nodes:
+            await node.start()
+
+    def driver(self) -> Bus:
+        return Bus(self.app_name, hub=self.hub, settings=self.settings)
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            await node.stop()
+
+
+class ProcessCluster:
+    """Three ``clusterbus node`` processes on RabbitMQ."""
+
+    def __init__(
+        self,
+        app_name: str,
+        amqp_url: str,
+        database_url: str,
+        settings: Settings,
+        log_file: str | None,
+    ) -> None:
+        self.log_file = log_file
+        self.app_name = app_name
+        self.amqp_url = amqp_url
+        self.database_url = database_url
+        self.settings = settings
+        self.processes: list[asyncio.subprocess.Process] = []
+
+    async def start(self) -> None:
+        for label in LABELS:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "plugins.cli",
+                "node",
+                "--label",
+                label,
+                "--app",
+                self.app_name,
+                "--amqp-url",
+                self.amqp_url,
+                "--database-url",
+                self.database_url,
+                *(["--log-file", self.log_file] if self.log_file else []),
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "CLUSTERBUS_LOG_LEVEL": "DEBUG"},
+            )
+            self.processes.append(process)
+        for process in self.processes:
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            if not line.startswith(b"ready"):
+                raise StepFailed(f"a node did not start (exit {process.returncode})")
+
+    def driver(self) -> Bus:
+        return Bus(self.app_name, amqp_url=self.amqp_url, settings=self.settings)
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            if process.returncode is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
