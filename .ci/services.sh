@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure the services the tests use answer on 127.0.0.1: RabbitMQ (5672) and Redis (6379).
+# Makes sure the services the tests use answer on 127.0.0.1: RabbitMQ (5672), Redis (6379)
+# and PostgreSQL (5432, trust auth, database `test`).
 # Starts whichever is down and waits (polling) until it answers.
 set -euo pipefail
 
@@ -39,3 +40,10 @@ if ! answers 6379; then
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
 fi
 wait_for 6379 Redis 60
+
+if ! answers 5432; then
+  need pg_ctlcluster postgresql
+  echo "services: starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort | tail -1)" main start || true
+fi
+wait_for 5432 PostgreSQL 60

@@ -20,6 +20,9 @@ from bus.logs import configure_logging
 
 AMQP_URL = os.environ.get("CLUSTERBUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("CLUSTERBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "CLUSTERBUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 TEST_APP_PREFIX = "t-"
 
 BusFactory = Callable[..., Awaitable[Bus]]
@@ -30,7 +33,7 @@ configure_logging("WARNING", "console", force=True)
 def broker_reachable(url: str = AMQP_URL, timeout: float = 3.0) -> str | None:
     """None when the service's port answers, else why not."""
     parts = urlsplit(url)
-    default_port = 6379 if parts.scheme.startswith("redis") else 5672
+    default_port = {"redis": 6379, "postgresql": 5432}.get(parts.scheme.split("+")[0], 5672)
     try:
         with socket.create_connection(
             (parts.hostname or "127.0.0.1", parts.port or default_port), timeout
@@ -81,6 +84,19 @@ def _test_entities(kind: str) -> list[str]:
         return []
     prefixes = (TEST_APP_PREFIX, f"queue.{TEST_APP_PREFIX}")
     return [n for n in out.split() if n.startswith(prefixes)]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test PostgreSQL URL. Fails (never skips) when PostgreSQL does not answer."""
+    problem = broker_reachable(POSTGRES_URL)
+    if problem is not None:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({problem}); database tests fail "
+            "rather than skip. Start it as .ci/services.sh does.",
+            pytrace=False,
+        )
+    return POSTGRES_URL
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,7 +19,6 @@ from bus import Bus, MemoryHub, PayloadError
 from plugins import App, Plugin
 from tests.conftest import AMQP_URL, BusFactory, Recorder, eventually, fast_settings, unique_app
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 metadata = MetaData()
 notes = Table("notes", metadata, Column("id", Integer, primary_key=True), Column("body", String))
 
@@ -33,7 +32,10 @@ class Db:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db]:
     """An async engine and a table of its own, on SQLite or the machine's PostgreSQL."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'sync.db'}" if request.param == "sqlite" else PG_URL
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'sync.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
     engine = create_async_engine(url)
     table = Table(
         f"notes_{uuid.uuid4().hex[:8]}",
