@@ -240,7 +240,12 @@ class QueueWorker:
             await process(value, ctx)
         except asyncio.CancelledError:
             if not fired:
-                raise
+                if ctx.cancelled.is_set() or self.stopping:
+                    raise  # the instance stops: the message stays queued
+                # cancelled from elsewhere in the app: a failed attempt, so that the message
+                # is settled (retried or parked) instead of held unacked
+                task.uncancel()
+                return "CancelledError: the handler's task was cancelled"
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
         finally:

@@ -423,3 +423,23 @@ async def test_an_idle_predicate_that_raises_does_not_stop_the_queue(
     await bus.queue.publish("jobs", 1)
     await settle(bus, "jobs", 1, worker)
     assert worker.done == [1]
+
+
+async def test_a_handler_cancelled_from_elsewhere_is_a_failed_attempt(
+    make_bus: BusFactory,
+) -> None:
+    bus = await make_bus()
+    attempts: list[int] = []
+
+    async def cancelled_by_the_app(message: Any, ctx: QueueContext) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 0:
+            task = asyncio.current_task()
+            assert task is not None
+            asyncio.get_running_loop().call_soon(task.cancel)  # e.g. a user's "cancel"
+            await asyncio.sleep(60)
+
+    await bus.queue.subscribe("jobs", cancelled_by_the_app)
+    await bus.queue.publish("jobs", 1, max_retries=1)
+    await eventually(lambda: attempts == [0, 1], what="retried after the cancellation")
+    assert await bus.queue.dead_letters("jobs") == []

@@ -269,3 +269,25 @@ async def test_send_sync_message_in_a_transaction(apps: list[App], tmp_path: Pat
         await session.commit()
     await eventually(lambda: b.received == ["on commit"], what="b got it after commit")
     await engine.dispose()
+
+
+async def test_savepoints_release_and_roll_back_their_own_messages(
+    make_bus: BusFactory, db: Db
+) -> None:
+    sender, _receiver, rec = await pair(make_bus)
+    async with AsyncSession(db.engine) as session:
+        await session.execute(insert(db.table).values(body="outer"))
+        await sender.sync.publish("schema", "outer", transaction=session)
+        savepoint = await session.begin_nested()
+        await sender.sync.publish("schema", "in a rolled-back savepoint", transaction=session)
+        await savepoint.rollback()
+        savepoint = await session.begin_nested()
+        await sender.sync.publish("schema", "in a released savepoint", transaction=session)
+        await savepoint.commit()  # released, but the outer transaction is still open
+        await asyncio.sleep(0.2)
+        assert rec.messages == []
+        await session.commit()
+    await rec.wait_for(2)
+    await delivered_marker(sender, rec, 3)
+    assert sorted(map(str, rec.messages[:2])) == ["in a released savepoint", "outer"]
+    assert rec.messages[2] == {"marker": 3}
