@@ -118,18 +118,26 @@ async def test_async_session_rollback_discards(make_bus: BusFactory, db: Db) -> 
     assert rec.messages == [{"marker": 1}]
 
 
-async def test_sync_session_in_a_worker_thread(make_bus: BusFactory, tmp_path: Path) -> None:
+async def test_sync_session_in_a_worker_thread(make_bus: BusFactory, db: Db) -> None:
     sender, _receiver, rec = await pair(make_bus)
-    engine = create_engine(f"sqlite:///{tmp_path / 'threads.db'}")
-    metadata.create_all(engine)
-    session = Session(engine)
-    session.execute(insert(notes).values(body="x"))
-    assert await sender.sync.publish("schema", {"thread": "commit"}, transaction=session)
-    await asyncio.to_thread(session.commit)  # commit hooks fire in the worker thread
-    session.close()
+    engine = create_engine(db.engine.url.set(drivername=_sync_driver(db.engine.url.drivername)))
+    with Session(engine) as rolled_back:
+        rolled_back.execute(insert(db.table).values(body="z"))
+        await sender.sync.publish("schema", {"thread": "rollback"}, transaction=rolled_back)
+        await asyncio.to_thread(rolled_back.rollback)
+    with Session(engine) as session:
+        session.execute(insert(db.table).values(body="x"))
+        assert await sender.sync.publish("schema", {"thread": "commit"}, transaction=session)
+        await asyncio.to_thread(session.commit)  # commit hooks fire in the worker thread
     await rec.wait_for(1)
-    assert rec.messages == [{"thread": "commit"}]
+    await delivered_marker(sender, rec, 2)
+    assert rec.messages == [{"thread": "commit"}, {"marker": 2}]
     engine.dispose()
+
+
+def _sync_driver(async_driver: str) -> str:
+    """The blocking driver of an async URL's database (aiosqlite -> pysqlite)."""
+    return {"sqlite+aiosqlite": "sqlite", "postgresql+psycopg": "postgresql+psycopg"}[async_driver]
 
 
 async def test_connections_are_hooked_too(make_bus: BusFactory, db: Db) -> None:
