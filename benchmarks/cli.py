@@ -1,9 +1,10 @@
-"""Small pieces shared by the benchmark scripts' command lines and JSON output."""
+"""Small pieces shared by the benchmark scripts' command lines, progress and JSON output."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 
 def positive(text: str) -> int:
@@ -17,3 +18,8 @@ def positive(text: str) -> int:
 def finite(value: float) -> float | None:
     """``value`` for JSON: None instead of NaN or infinity."""
     return value if math.isfinite(value) else None
+
+
+def log(text: str) -> None:
+    """Progress on stderr, keeping stdout for the report."""
+    print(text, file=sys.stderr, flush=True)
