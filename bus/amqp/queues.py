@@ -4,6 +4,7 @@ into them, and a dead queue each (implements ``QueueBackend``)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,6 +91,19 @@ class AmqpQueues:
 
     async def publish(self, queue: str, envelope: Envelope, delay: float) -> None:
         """Publish to ``queue`` (or its delay tier ``delay``) and wait for the confirm."""
+        if delay <= 0 and queue in self._declared:  # the common case, kept short
+            exchange = self._transport.publish_channel.default_exchange
+            message = to_message(envelope, self._transport.app)
+            try:
+                await self._transport.bounded(
+                    f"publishing to queue {queue!r}",
+                    functools.partial(exchange.publish, message, routing_key=queue, mandatory=True),
+                )
+                return
+            except BusUnavailable:
+                raise
+            except BusError:  # unroutable: the queue was deleted behind our back
+                self._declared.discard(queue)
         target = queue if delay <= 0 else delay_queue(queue, delay)
         await self._send(queue, target, envelope, delay)
 
