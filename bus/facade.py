@@ -87,13 +87,14 @@ class Bus:
             queues = MemoryQueues(self.hub, self.name, base.storage_dir, self.log)
             locks = MemoryLocks(self.hub.lock_table(self.name))
             peers = functools.partial(self.hub.listeners, self.name, INVALIDATION_CHANNEL, endpoint)
+        context = {"app": self.name, "instance": self.instance_id}  # bound for every handler
         self.pubsub = PubSubManager(
             instance_id=self.instance_id,
             backend=broadcast,
             codec=self.codec,
             log=self.log,
             stop_timeout=base.stop_timeout,
-            context={"app": self.name, "instance": self.instance_id},
+            context=context,
         )
         self.queue = EventQueue(
             app=self.name,
@@ -105,7 +106,7 @@ class Bus:
             retry_delay_max=base.retry_delay_max,
             stop_timeout=base.stop_timeout,
             consumer_timeout=base.consumer_timeout,
-            context={"app": self.name, "instance": self.instance_id},
+            context=context,
         )
         self.sync = SyncMessageManager(
             pubsub=self.pubsub,
@@ -115,9 +116,7 @@ class Bus:
             hooks_for=hooks_for,
             publish_timeout=base.publish_timeout,
         )
-        self.locks = LockManager(
-            backend=locks, log=self.log, context={"app": self.name, "instance": self.instance_id}
-        )
+        self.locks = LockManager(backend=locks, log=self.log)
         self._redis: Redis | None = None
         self.cache_manager = CacheManager(
             app=self.name,

@@ -98,12 +98,9 @@ class _LocalTurns:
 class LockManager:
     """Cross-instance locks over a :class:`~managers.protocols.LockBackend`."""
 
-    def __init__(
-        self, *, backend: LockBackend, log: FilteringBoundLogger, context: dict[str, str]
-    ) -> None:
+    def __init__(self, *, backend: LockBackend, log: FilteringBoundLogger) -> None:
         self._backend = backend
         self._log = log
-        self._context = context
         self._turns: dict[str, _LocalTurns] = {}
         self._holding: dict[str, set[asyncio.Task[object]]] = {}
         self._leases: set[Lease] = set()

@@ -29,8 +29,9 @@ def to_message(envelope: Envelope, app: str, *, persistent: bool = True) -> aio_
 
 
 def to_envelope(message: AbstractIncomingMessage) -> Envelope:
-    """The envelope of a delivered AMQP message."""
-    headers = dict(message.headers)
+    """The envelope of a delivered AMQP message (its headers are read, never changed: a
+    forwarded envelope gets new ones)."""
+    headers = message.headers
     timestamp = message.timestamp
     return Envelope(
         body=message.body,
