@@ -14,6 +14,7 @@ from structlog.typing import FilteringBoundLogger
 
 from managers.errors import BusError, LockAcquireError, LockLost, LockReentryError
 from managers.protocols import LockBackend, LockHold
+from managers.tasks import TaskKeeper
 
 T = TypeVar("T")
 
@@ -38,6 +39,7 @@ class Lease:
         self.released = False
         self.acquired_at = asyncio.get_running_loop().time()
         self.watchdog: asyncio.TimerHandle | None = None
+        self.unwound = asyncio.Event()  # the lock() body finished (its finally blocks ran)
 
     async def release(self) -> None:
         """Give the lock to the next waiter (a no-op when already released or lost)."""
@@ -98,13 +100,16 @@ class _LocalTurns:
 class LockManager:
     """Cross-instance locks over a :class:`~managers.protocols.LockBackend`."""
 
-    def __init__(self, *, backend: LockBackend, log: FilteringBoundLogger) -> None:
+    def __init__(
+        self, *, backend: LockBackend, log: FilteringBoundLogger, stop_timeout: float = 10.0
+    ) -> None:
         self._backend = backend
         self._log = log
+        self._stop_timeout = stop_timeout
         self._turns: dict[str, _LocalTurns] = {}
         self._holding: dict[str, set[asyncio.Task[object]]] = {}
         self._leases: set[Lease] = set()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskKeeper(log, "lock manager")
         self._started = False
 
     async def start(self) -> None:
@@ -116,8 +121,7 @@ class LockManager:
         self._started = False
         for lease in list(self._leases):
             self._lose(lease, "bus stopping")
-        if self._background:
-            await asyncio.wait(self._background)
+        await self._background.drain(self._stop_timeout)
         await self._backend.stop()
 
     # the four ways in --------------------------------------------------------------------
@@ -140,6 +144,7 @@ class LockManager:
             raise self._lost_error(lease) from None
         finally:
             lease.section = None  # from here on a loss cancels nothing
+            lease.unwound.set()
             await self.release(lease)
         if lease.cut:  # the body swallowed the cancellation
             task.uncancel()
@@ -185,11 +190,17 @@ class LockManager:
         try:
             await turns.take(key, deadline, trying and timeout == 0)
             box: list[Lease] = []
+            early: list[str] = []  # a loss reported before the lease existed
+
+            def lost(why: str) -> None:
+                if box:
+                    self._lose(box[0], why)
+                else:
+                    early.append(why)
+
             try:
                 remaining = None if deadline is None else max(0.0, deadline - loop.time())
-                hold = await self._backend.acquire(
-                    key, remaining, lambda why: self._lose(box[0], why) if box else None
-                )
+                hold = await self._backend.acquire(key, remaining, lost)
             except BaseException:
                 turns.pass_on()
                 raise
@@ -200,6 +211,11 @@ class LockManager:
         except BaseException:
             self._forget_turns(key)
             raise
+        if early:  # lost between the backend's answer and now: not acquired
+            self._background.spawn(hold.release(), name="lock lost on the way in")
+            turns.pass_on()
+            self._forget_turns(key)
+            raise LockAcquireError(f"lock {key!r}: lost as it was acquired ({early[0]})")
         lease = Lease(self, key, hold, task)
         box.append(lease)
         self._leases.add(lease)
@@ -270,9 +286,24 @@ class LockManager:
         if lease.section is not None and not lease.section.done():
             lease.cut = True
             lease.section.cancel()
-        task = asyncio.get_running_loop().create_task(self.release(lease))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            # the key is handed on once the section unwound (its finally blocks ran), or
+            # after stop_timeout if it does not
+            self._background.spawn(self._release_after_unwinding(lease), name="lock unwinding")
+        else:
+            self._background.spawn(self.release(lease), name="lock release after a loss")
+
+    async def _release_after_unwinding(self, lease: Lease) -> None:
+        try:
+            async with asyncio.timeout(self._stop_timeout):
+                await lease.unwound.wait()
+        except TimeoutError:
+            self._log.error(
+                "lock.section_not_unwound",
+                key=lease.key,
+                token=lease.token,
+                seconds=self._stop_timeout,
+            )
+        await self.release(lease)
 
     def _lost_error(self, lease: Lease) -> LockLost:
         return LockLost(

@@ -83,7 +83,12 @@ def _test_entities(kind: str) -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     prefixes = (TEST_APP_PREFIX, f"queue.{TEST_APP_PREFIX}")
-    return [n for n in out.split() if n.startswith(prefixes)]
+    # only this session's: another test session may be running on the same broker
+    return [
+        n
+        for n in out.split()
+        if n.startswith(prefixes) and any(app in n for app in _SESSION_APPS)
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -114,18 +119,30 @@ def _drop_test_entities() -> Iterator[None]:
 async def _delete_entities(exchanges: list[str], queues: list[str]) -> None:
     import aio_pika
 
+    from aiormq.exceptions import AMQPError
+
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        for name in exchanges:
-            await channel.exchange_delete(name)
-        for name in queues:
-            await channel.queue_delete(name)
+        for kind, name in [("exchange", n) for n in exchanges] + [("queue", n) for n in queues]:
+            try:
+                if kind == "exchange":
+                    await channel.exchange_delete(name)
+                else:
+                    await channel.queue_delete(name)
+            except AMQPError:  # another run's exclusive queue, or gone already
+                if channel.is_closed:
+                    channel = await connection.channel()
+
+
+_SESSION_APPS: set[str] = set()
 
 
 def unique_app() -> str:
     """An app name no other test uses, so tests never see each other on the broker."""
-    return f"{TEST_APP_PREFIX}{uuid.uuid4().hex[:10]}"
+    app = f"{TEST_APP_PREFIX}{uuid.uuid4().hex[:10]}"
+    _SESSION_APPS.add(app)
+    return app
 
 
 def fast_settings(**overrides: Any) -> Settings:

@@ -4,6 +4,13 @@ consumer with a token delivered and unacked (implements ``LockBackend``).
 Safety comes from SAC: the broker delivers to one consumer of the queue at a time, so at
 most one instance can have a token in hand; tokens themselves may be duplicated (extras are
 acked by the holder) or lost (waiters publish a fresh one every ``HEAL_INTERVAL``).
+
+Every claim (one wait, then one hold) has a channel of its own, so a broker operation that
+times out, a channel the broker closes or a waiter cancelled mid-operation affects that
+claim only. Giving a claim back (release, a timed-out or cancelled wait) is shielded from
+the caller's cancellation and bounded: cancel the consumer (the next waiter becomes active),
+publish a fresh token carrying our generation, ack what we received, close the channel; when
+any step fails or times out the channel is closed, and the broker requeues what we held.
 """
 
 from __future__ import annotations
@@ -11,25 +18,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractIncomingMessage
 from structlog.typing import FilteringBoundLogger
 
+from bus.amqp.liveness import BrokerLiveness
+from bus.amqp.lock_claims import HEADER_TOKEN, Claim, now_us, quietly, token_of
 from bus.amqp.topology import lock_queue
 from bus.amqp.transport import AmqpTransport
 from managers.envelope import new_message_id
 from managers.errors import BusError, BusUnavailable, LockAcquireError
 from managers.protocols import LostCallback
+from managers.tasks import TaskKeeper
 
-HEADER_TOKEN = "x-lock-token"
 LOCK_EXPIRES_MS = 60_000  # an idle key's queue (no consumer) is deleted after this
 HEAL_INTERVAL = 2.0  # a waiter publishes a fresh token this often (heals a lost token)
 TRY_WAIT = 0.5  # try_acquire(timeout=0): how long a free key may take to hand its token over
 RETRY_PAUSE = 0.2  # between attempts after the channel or the queue went away
+IDLE_CHANNELS = 4  # channels of cleanly ended claims kept for the next claims
 # Lock queues: single active consumer; deleted after LOCK_EXPIRES_MS without a consumer;
 # classic (quorum queues would count requeues towards a delivery limit in RabbitMQ 4).
 LOCK_QUEUE_ARGUMENTS: dict[str, Any] = {
@@ -39,132 +47,101 @@ LOCK_QUEUE_ARGUMENTS: dict[str, Any] = {
 }
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-class _Claim:
-    """One consumer on one lock queue, from the wait to the release."""
-
-    def __init__(self, key: str, channel: aio_pika.abc.AbstractChannel, queue: AbstractQueue):
-        self.key = key
-        self.channel = channel
-        self.queue = queue
-        self.tag: str | None = None
-        self.state = "waiting"  # -> "holding" -> "closed"
-        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self.own: set[str] = set()
-        self.held: AbstractIncomingMessage | None = None
-        self.token = 0
-        self.proposal = 0  # the generation of the token we published on arrival
-        self.background: set[asyncio.Task[None]] = set()
-        self.on_lost: LostCallback | None = None
-        self.gone = asyncio.Event()  # the broker cancelled us or the channel closed
-        self.carried = asyncio.Event()  # the held token carries our generation
-        self.gone_reason = ""
-
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
-        if self.state == "waiting":
-            self.inbox.put_nowait(message)
-        elif self.state == "holding":
-            held = self.held
-            if (
-                held is not None
-                and _token(held) < self.token
-                and message.message_id in self.own
-                and _token(message) >= self.token
-            ):  # our token carrying our generation: hold it instead
-                self.held = message
-                message = held
-                self.carried.set()
-            await _quietly(message.ack)  # a duplicate token: one is enough
-        else:
-            await _quietly(functools.partial(message.nack, requeue=True))  # not ours to keep
-
-    def spawn(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Run ``work()`` in the background for as long as the claim lives."""
-
-        async def run() -> None:
-            with contextlib.suppress(BusError):
-                await work()
-
-        task = asyncio.get_running_loop().create_task(run())
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-    def lose(self, reason: str) -> None:
-        """The consumer is gone (queue deleted, channel closed)."""
-        if self.gone.is_set():
-            return
-        self.gone_reason = reason
-        self.gone.set()
-        if self.state == "holding" and self.on_lost is not None:
-            self.state = "closed"
-            self.on_lost(reason)
-
-
 class AmqpHold:
-    """A key held through a :class:`_Claim` (implements ``LockHold``)."""
+    """A key held through a :class:`Claim` (implements ``LockHold``)."""
 
-    def __init__(self, backend: AmqpLocks, claim: _Claim) -> None:
+    def __init__(self, backend: AmqpLocks, claim: Claim) -> None:
         self._backend = backend
         self._claim = claim
         self.token = claim.token
 
     async def release(self) -> None:
-        """Cancel the consumer (the next waiter becomes active), then requeue the token."""
-        await self._backend.close_claim(self._claim)
+        """Give the key to the next waiter (shielded from the caller's cancellation)."""
+        await self._backend.give_back(self._claim)
 
 
 class AmqpLocks:
-    """One instance's locks: a dedicated, non-robust channel (a reconnect must never
+    """One instance's locks: a channel per claim, non-robust (a reconnect must never
     silently rejoin a wait list: a lost connection is a lost lease)."""
 
     def __init__(self, transport: AmqpTransport, log: FilteringBoundLogger) -> None:
         self._transport = transport
         self._log = log
-        self._channel: aio_pika.Channel | None = None
-        self._opening = asyncio.Lock()
-        self._claims: set[_Claim] = set()
+        self._claims: set[Claim] = set()
+        self._idle: list[aio_pika.abc.AbstractChannel] = []
+        self._keeper = TaskKeeper(log, "locks")
         self._stopping = False
+        self._liveness = BrokerLiveness(
+            transport, log, needed=self._holding, on_silent=self._lose_holders
+        )
 
-    # the channel -------------------------------------------------------------------------
+    def _holding(self) -> bool:
+        return any(c.state == "holding" for c in self._claims)
 
-    async def _open(self) -> aio_pika.Channel:
-        async with self._opening:
-            if self._stopping:
-                raise BusError("the bus is stopping")
-            channel = self._channel
-            if channel is not None and not channel.is_closed:
+    def _lose_holders(self, reason: str) -> None:
+        for claim in [c for c in self._claims if c.state == "holding"]:
+            claim.lose(reason)
+
+    @property
+    def cleanup_timeout(self) -> float:
+        """Bound of one give-back (each of its broker operations is bounded too)."""
+        return 2 * self._transport.settings.publish_timeout
+
+    # channels ------------------------------------------------------------------------------
+
+    async def _open_channel(self) -> aio_pika.abc.AbstractChannel:
+        while self._idle:
+            channel = self._idle.pop()
+            if not channel.is_closed:
                 return channel
-            channel = aio_pika.Channel(self._transport.connection, publisher_confirms=True)
-            await self._transport.bounded("opening the lock channel", channel.initialize)
-            underlay = await channel.get_underlay_channel()
-            underlay.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
-            channel.close_callbacks.add(self._on_channel_closed)
-            self._channel = channel
-            return channel
+        channel = aio_pika.Channel(self._transport.connection, publisher_confirms=True)
+        try:
+            await self._transport.bounded("opening a lock channel", channel.initialize)
+        except BaseException:
+            await self._close_channel(channel)
+            raise
+        return channel
 
-    def _on_channel_closed(self, channel: object, exc: BaseException | None) -> None:
-        if channel is self._channel:
-            self._channel = None
-        for claim in [c for c in self._claims if c.channel is channel]:
-            claim.lose(f"the lock channel closed ({exc!r})")
+    def _watch(self, claim: Claim) -> None:
+        """Tell ``claim`` when its channel closes or the broker cancels its consumer."""
 
-    def _on_broker_cancel(self, frame: Any) -> None:
-        for claim in [c for c in self._claims if c.tag == frame.consumer_tag]:
-            claim.lose("the broker cancelled the consumer (lock queue deleted?)")
+        def closed(_channel: object, exc: BaseException | None) -> None:
+            claim.lose(f"the lock channel closed ({type(exc).__name__ if exc else 'closed'})")
+
+        claim.channel.close_callbacks.add(closed)
+        claim.detach.append(lambda: claim.channel.close_callbacks.discard(closed))
+
+    async def _on_broker_cancel(self, claim: Claim) -> None:
+        underlay = await claim.channel.get_underlay_channel()
+
+        def cancelled(frame: Any) -> None:
+            if frame.consumer_tag == claim.tag:  # after a closing channel's own callback
+                asyncio.get_running_loop().call_later(
+                    0.01, claim.lose, "the broker cancelled the consumer (lock queue deleted?)"
+                )
+
+        underlay.on_consumer_cancel_callbacks.add(cancelled)
+        claim.detach.append(lambda: underlay.on_consumer_cancel_callbacks.discard(cancelled))
+
+    async def _close_channel(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        if channel.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._transport.settings.publish_timeout):
+                await channel.close()
 
     # acquiring ---------------------------------------------------------------------------
 
     async def acquire(self, key: str, timeout: float | None, on_lost: LostCallback) -> AmqpHold:
         """Wait in the key's queue until the token comes; attempts again on a fresh channel
-        or queue if either goes away before that, while the timeout allows."""
+        if the claim goes away before that, while the timeout allows."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
+            if self._stopping:
+                raise BusError(f"lock {key!r}: the bus is stopping")
             try:
-                claim = await self._attempt(key, deadline, trying=timeout == 0)
+                claim = await self._attempt(key, deadline, on_lost, trying=timeout == 0)
             except (BusUnavailable, _Gone) as exc:
                 if self._stopping:
                     raise BusError(f"lock {key!r}: the bus is stopping") from exc
@@ -173,13 +150,34 @@ class AmqpLocks:
                 self._log.warning("lock.wait_restarted", key=key, error=str(exc))
                 await asyncio.sleep(RETRY_PAUSE)
                 continue
-            claim.on_lost = on_lost
+            # no await from the last check of `gone` to here: a loss from now on reaches
+            # on_lost, one before it made the attempt fail
+            claim.handed_over = True
+            self._liveness.watch()
             return AmqpHold(self, claim)
 
-    async def _attempt(self, key: str, deadline: float | None, *, trying: bool) -> _Claim:
-        bounded = self._transport.bounded
-        channel = await self._open()
+    async def _attempt(
+        self, key: str, deadline: float | None, on_lost: LostCallback, *, trying: bool
+    ) -> Claim:
         name = lock_queue(self._transport.app, key)
+        claim = Claim(key, name, await self._open_channel())
+        claim.on_lost = on_lost
+        claim.on_late = self._on_late
+        self._claims.add(claim)
+        self._watch(claim)
+        try:
+            await self._wait_in_line(claim, deadline, trying=trying)
+        except BaseException:
+            await self.give_back(claim)
+            raise
+        return claim
+
+    async def _wait_in_line(self, claim: Claim, deadline: float | None, *, trying: bool) -> None:
+        """Consume the key's queue until the token comes; raises when the claim went away
+        before that (:class:`_Gone`) or the key is held (``trying``) or the time is up."""
+        bounded = self._transport.bounded
+        channel, name = claim.channel, claim.queue_name
+        await self._on_broker_cancel(claim)
         if trying:  # asks the broker whether anyone holds or waits: one round trip
             queue = await bounded(
                 f"declaring lock queue {name!r}",
@@ -187,7 +185,7 @@ class AmqpLocks:
             )
             declared = queue.declaration_result
             if declared is not None and declared.consumer_count:
-                raise LockAcquireError(f"lock {key!r} is held")
+                raise LockAcquireError(f"lock {claim.key!r} is held")
         else:  # declared without waiting: the consume behind it on the channel is the answer
             underlay = await channel.get_underlay_channel()
             await bounded(
@@ -197,25 +195,20 @@ class AmqpLocks:
                 ),
             )
             queue = await channel.get_queue(name, ensure=False)
-        claim = _Claim(key, channel, queue)
-        self._claims.add(claim)
-        try:
-            claim.tag = await bounded(
-                f"waiting on lock queue {name!r}", lambda: queue.consume(claim.on_message)
-            )
-            claim.proposal = _now_us()
-            claim.spawn(functools.partial(self._publish_token, claim, claim.proposal))
-            limit = deadline
-            if trying:
-                limit = asyncio.get_running_loop().time() + TRY_WAIT
-            first = await self._first_token(claim, limit)
-            await self._take(claim, first)
-        except BaseException:
-            await self.close_claim(claim)
-            raise
-        return claim
+        claim.tag = await bounded(
+            f"waiting on lock queue {name!r}", lambda: queue.consume(claim.on_message)
+        )
+        claim.proposal = now_us()
+        claim.spawn(functools.partial(self._publish_token, claim, claim.proposal))
+        limit = deadline
+        if trying:
+            limit = asyncio.get_running_loop().time() + TRY_WAIT
+        first = await self._first_token(claim, limit)
+        await self._take(claim, first)
+        if claim.gone.is_set():  # lost between the delivery and now: not ours
+            raise _Gone(claim.gone_reason)
 
-    async def _publish_token(self, claim: _Claim, token: int) -> None:
+    async def _publish_token(self, claim: Claim, token: int) -> None:
         message_id = new_message_id()
         claim.own.add(message_id)
         message = aio_pika.Message(
@@ -226,10 +219,10 @@ class AmqpLocks:
         )
         await self._transport.bounded(
             f"publishing a token of lock {claim.key!r}",
-            lambda: claim.channel.default_exchange.publish(message, routing_key=claim.queue.name),
+            lambda: claim.channel.default_exchange.publish(message, routing_key=claim.queue_name),
         )
 
-    async def _first_token(self, claim: _Claim, deadline: float | None) -> AbstractIncomingMessage:
+    async def _first_token(self, claim: Claim, deadline: float | None) -> AbstractIncomingMessage:
         """The first delivery (we are the active consumer), publishing a fresh token every
         ``HEAL_INTERVAL`` while waiting in case the queue has none."""
         loop = asyncio.get_running_loop()
@@ -241,107 +234,133 @@ class AmqpLocks:
             if message is not None:
                 return message
             if deadline is None or loop.time() < deadline:
-                await self._publish_token(claim, _now_us())
+                claim.spawn(functools.partial(self._publish_token, claim, now_us()))
 
-    async def _next(self, claim: _Claim, wait: float) -> AbstractIncomingMessage | None:
-        """The next delivery within ``wait`` seconds (None), or :class:`_Gone`."""
+    async def _next(self, claim: Claim, wait: float) -> AbstractIncomingMessage | None:
+        """The next delivery within ``wait`` seconds (None), or :class:`_Gone`. A delivery
+        taken from the inbox is put back when we do not return it."""
+        if claim.gone.is_set():
+            raise _Gone(claim.gone_reason)
         getting = asyncio.ensure_future(claim.inbox.get())
         gone = asyncio.ensure_future(claim.gone.wait())
         try:
             await asyncio.wait((getting, gone), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        except BaseException:
             gone.cancel()
-            if not getting.done():
-                getting.cancel()
+            _put_back(claim, getting)
+            raise
+        gone.cancel()
+        if claim.gone.is_set():
+            _put_back(claim, getting)
+            raise _Gone(claim.gone_reason)
         if getting.done() and not getting.cancelled():
             return getting.result()
-        if claim.gone.is_set():
-            raise _Gone(claim.gone_reason)
+        getting.cancel()
         return None
 
-    async def _take(self, claim: _Claim, first: AbstractIncomingMessage) -> None:
+    async def _take(self, claim: Claim, first: AbstractIncomingMessage) -> None:
         """We are the active consumer: the lock is ours. Our generation is above every token
         seen; the token we keep must carry it (so that a crash hands it on), so when the one
         in hand does not, our own token (or a fresh one) replaces it in the background."""
         seen = [first]
         while not claim.inbox.empty():
             seen.append(claim.inbox.get_nowait())
-        foreign = max((_token(m) for m in seen if m.message_id not in claim.own), default=-1)
-        own = max((_token(m) for m in seen if m.message_id in claim.own), default=0)
+        foreign = max((token_of(m) for m in seen if m.message_id not in claim.own), default=-1)
+        own = max((token_of(m) for m in seen if m.message_id in claim.own), default=0)
         token = max(foreign + 1, claim.proposal, own)
-        keep = max(seen, key=_token)
+        keep = max(seen, key=token_of)
         claim.held, claim.token, claim.state = keep, token, "holding"
         for message in seen:
             if message is not keep:
-                await _quietly(message.ack)
-        if _token(keep) < token:
-            claim.spawn(functools.partial(self._carry, claim))
-        else:
-            claim.carried.set()
+                await quietly(message.ack)
+        if token_of(keep) < token:
+            claim.spawn(functools.partial(self._publish_token, claim, token))
 
-    async def _carry(self, claim: _Claim) -> None:
-        """Make the held token carry the claim's generation: our arrival token does if it
-        reaches us (the adoption happens in ``on_message``); else publish one that does."""
-        for task in list(claim.background):
-            if task is not asyncio.current_task():
-                await asyncio.wait({task})
-        held = claim.held
-        if claim.state == "holding" and held is not None and _token(held) < claim.token:
-            await self._publish_token(claim, claim.token)
+    # giving back ---------------------------------------------------------------------------
 
-    # releasing ---------------------------------------------------------------------------
-
-    async def close_claim(self, claim: _Claim) -> None:
-        """Cancel the consumer, then give back the held token and anything else received."""
-        if claim.state == "closed" and claim.tag is None:
+    async def give_back(self, claim: Claim) -> None:
+        """End ``claim`` (idempotent): shielded from the caller's cancellation, bounded by
+        :attr:`cleanup_timeout`; the channel is closed in every case."""
+        if claim.state == "closed":
             return
-        if claim.state == "holding" and not claim.carried.is_set() and not claim.channel.is_closed:
-            # hand on our generation, not the one we were given (fencing stays increasing)
-            try:
-                await asyncio.wait_for(
-                    claim.carried.wait(), self._transport.settings.publish_timeout
-                )
-            except TimeoutError:
-                self._log.warning("lock.generation_not_carried", key=claim.key)
         claim.state = "closed"
         self._claims.discard(claim)
         for task in list(claim.background):
             task.cancel()
-        tag, claim.tag = claim.tag, None
-        if tag is not None and not claim.channel.is_closed:
-            with contextlib.suppress(BusError):
-                await self._transport.bounded(
-                    f"leaving lock queue {claim.queue.name!r}", lambda: claim.queue.cancel(tag)
-                )
-        held, claim.held = claim.held, None
-        waiting = []
-        while not claim.inbox.empty():
-            waiting.append(claim.inbox.get_nowait())
-        for message in [m for m in (held, *waiting) if m is not None]:
-            await _quietly(functools.partial(message.nack, requeue=True))
+        await self._keeper.shielded(
+            functools.partial(self._give_back, claim),
+            timeout=self.cleanup_timeout,
+            on_timeout=functools.partial(self._close_channel, claim.channel),
+            what=f"giving back lock {claim.key!r}",
+        )
+
+    async def _give_back(self, claim: Claim) -> None:
+        channel = claim.channel
+        clean = False
+        try:
+            if not channel.is_closed:
+                tag, claim.tag = claim.tag, None
+                if tag is not None:  # the next waiter becomes the active consumer
+                    underlay = await channel.get_underlay_channel()
+                    await self._transport.bounded(
+                        f"leaving lock queue {claim.queue_name!r}",
+                        lambda: underlay.basic_cancel(tag),
+                    )
+                await asyncio.sleep(0)  # deliveries that raced the cancel run their callbacks
+                received = claim.received()
+                claim.collected = True
+                if received:  # hand on a token that carries our generation, drop ours
+                    generation = max(claim.token, *(token_of(m) for m in received))
+                    await self._publish_token(claim, generation)
+                    for message in received:
+                        await self._transport.bounded(
+                            f"acking a token of lock {claim.key!r}", message.ack
+                        )
+                clean = True
+        except BusError as exc:  # the channel goes: the broker requeues what we held
+            self._log.warning("lock.give_back_failed", key=claim.key, error=str(exc))
+        finally:
+            for detach in claim.detach:
+                detach()
+            if clean and not channel.is_closed and len(self._idle) < IDLE_CHANNELS:
+                self._idle.append(channel)  # no consumer, nothing unacked: reusable
+            else:
+                await self._close_channel(channel)
+
+    def _on_late(self, claim: Claim, message: AbstractIncomingMessage) -> None:
+        """A token delivered after the give-back began: the give-back settles it, or, once
+        it has collected what it received, it is handed on here."""
+        if not claim.collected:
+            claim.late.append(message)
+            return
+        if claim.channel.is_closed:
+            return  # the broker requeued it
+
+        async def hand_on() -> None:
+            await self._publish_token(claim, max(claim.token, token_of(message)))
+            await quietly(message.ack)
+
+        self._keeper.spawn(hand_on(), name=f"lock {claim.key!r} late token")
 
     async def stop(self) -> None:
-        """Tell every holder its lease is lost, give back every token, close the channel."""
+        """Tell every holder its lease is lost, give back every claim, stop probing."""
         self._stopping = True
         for claim in list(self._claims):
             claim.lose("bus stopping")
-            await self.close_claim(claim)
-        channel, self._channel = self._channel, None
-        if channel is not None and not channel.is_closed:
-            with contextlib.suppress(Exception):
-                await self._transport.bounded("closing the lock channel", channel.close)
+            await self.give_back(claim)
+        await self._keeper.drain(self.cleanup_timeout)
+        await self._liveness.stop()
+        idle, self._idle = self._idle, []
+        for channel in idle:
+            await self._close_channel(channel)
+
+
+def _put_back(claim: Claim, getting: asyncio.Future[AbstractIncomingMessage]) -> None:
+    if getting.done() and not getting.cancelled():
+        claim.inbox.put_nowait(getting.result())
+    else:
+        getting.cancel()
 
 
 class _Gone(Exception):
-    """The consumer went away before the token came (retried on a new channel or queue)."""
-
-
-def _token(message: AbstractIncomingMessage) -> int:
-    value = message.headers.get(HEADER_TOKEN)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-async def _quietly(operation: Callable[[], Awaitable[None]]) -> None:
-    """Ack/nack; on a dead channel the broker has requeued the message already."""
-    with contextlib.suppress(Exception):
-        await operation()
+    """The consumer went away before the lock was handed over (retried on a new channel)."""
