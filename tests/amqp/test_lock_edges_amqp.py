@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -121,3 +121,43 @@ async def test_no_consumer_or_token_is_left_behind_by_cancelled_waiters(
         again = await b.locks.acquire("k", timeout=settings.publish_timeout)
         await again.release()
         await eventually(lambda: not again.lost.is_set(), what="released cleanly")
+
+
+@pytest.mark.parametrize("direction", ["both", "up", "down"])
+async def test_a_stalled_holder_is_told_lost_before_the_next_holder_enters(
+    amqp_url: str, direction: Literal["both", "up", "down"]
+) -> None:
+    """The network of the holder stops forwarding (sockets stay open: only heartbeats can
+    tell). The holder must know its lease is lost before the broker hands the token on."""
+    from tests.faults.proxy import FaultProxy
+
+    app = unique_app()
+    settings = fast_settings(heartbeat=2)
+    async with (
+        FaultProxy.in_front_of(amqp_url) as proxy,
+        Bus(app, amqp_url=proxy.url(), settings=settings) as holder,
+        Bus(app, amqp_url=amqp_url, settings=settings) as other,
+    ):
+        lease = await holder.locks.acquire("k", ttl=600)
+        order: list[str] = []
+
+        async def told() -> None:
+            await lease.lost.wait()
+            order.append("holder told lost")
+
+        async def next_holder() -> None:
+            got = await other.locks.acquire("k")
+            order.append("next holder entered")
+            await got.release()
+
+        watching = asyncio.get_running_loop().create_task(told())
+        waiting = asyncio.get_running_loop().create_task(next_holder())
+        await asyncio.sleep(0.3)
+        proxy.stall(direction)
+        await asyncio.wait_for(watching, 30)
+        if direction != "down":  # the broker still hears the holder when only "down" stalls
+            await asyncio.wait_for(waiting, 60)
+            assert order == ["holder told lost", "next holder entered"]
+        proxy.unstall(direction)
+        await asyncio.wait_for(waiting, 60)
+        assert order[0] == "holder told lost"
