@@ -7,13 +7,13 @@ import argparse
 import asyncio
 from typing import TypeAlias
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 
 from bus import __version__, dlq
 from bus.errors import BusError
 from bus.logs import configure_logging
-from bus.settings import Settings
+from bus.settings import Settings, redact_text, redact_url
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 BUS_COMMANDS = ("settings", "dlq")
@@ -36,8 +36,23 @@ def settings_error(exc: ValidationError) -> str:
     lines = [f"invalid settings ({exc.error_count()} error(s)):"]
     for error in exc.errors(include_url=False):
         name = ".".join(str(part) for part in error["loc"]) or "settings"
-        lines.append(f"  {name} (env CLUSTERBUS_{name.upper()}): {error['msg']}")
+        lines.append(f"  {name} (env CLUSTERBUS_{name.upper()}): {redact_text(error['msg'])}")
     return "\n".join(lines)
+
+
+def failure(command: str, exc: Exception) -> str:
+    """One line saying why ``command`` failed, URL passwords redacted (never a traceback)."""
+    if isinstance(exc, ValidationError):
+        detail = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        text = f"invalid settings: {detail}"
+    elif isinstance(exc, BusError):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return redact_text(f"{command} failed: {text}".replace("\n", " "))
 
 
 def load_settings(console: Console) -> Settings | None:
@@ -53,11 +68,14 @@ def run(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     """Carry out one of :data:`BUS_COMMANDS`; the exit status."""
     if args.command == "settings":
         for name, value in settings.model_dump().items():
-            console.print(f"{name} = {value}", markup=False)
+            shown = (  # the URLs: shown without their password
+                redact_url(value.get_secret_value()) if isinstance(value, SecretStr) else value
+            )
+            console.print(f"{name} = {shown}", markup=False)
         return 0
     configure_logging("WARNING", "console", force=True)
     try:
         return asyncio.run(dlq.run(console, args, settings))
-    except BusError as exc:
-        console.print(f"dlq failed: {exc}", style="red", markup=False)
-        return 1
+    except Exception as exc:  # a command line reports in one line, it does not trace back
+        console.print(failure("dlq", exc), style="red", markup=False, soft_wrap=True)
+        return 2 if isinstance(exc, ValidationError) else 1

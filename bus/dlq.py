@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bus.facade import Bus
 from bus.settings import Settings
@@ -44,16 +46,32 @@ def _age(failed_at: float, now: float) -> str:
     return f"{seconds:.1f}s"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: object) -> Text:
+    """``text`` as plain rich text: never read as markup (``[/]``, ``[bold]`` stay as they
+    are); control characters (terminal escapes a peer could forge) and lone surrogates are
+    shown as escapes."""
+    safe = str(text).encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", safe))
+
+
 def table(channel: str, letters: list[DeadLetter]) -> Table:
-    """The rich table of ``letters``: id, attempts, error, age."""
+    """The rich table of ``letters``: id, attempts, error, age (data never read as markup)."""
     now = time.time()
-    view = Table(title=f"dead letters of {channel!r} ({len(letters)})")
+    view = Table(title=shown(f"dead letters of {channel!r} ({len(letters)})"))
     view.add_column("id", no_wrap=True)
     view.add_column("attempts", justify="right")
     view.add_column("error")
     view.add_column("age", justify="right")
     for letter in letters:
-        view.add_row(letter.id, str(letter.attempts), letter.error, _age(letter.failed_at, now))
+        view.add_row(
+            shown(letter.id),
+            shown(letter.attempts),
+            shown(letter.error),
+            shown(_age(letter.failed_at, now)),
+        )
     return view
 
 
@@ -67,8 +85,8 @@ async def run(console: Console, args: argparse.Namespace, settings: Settings) ->
             )
         elif args.action == "replay":
             moved = await queue.replay(args.channel, args.ids, shared=args.shared)
-            console.print(f"replayed {moved} message(s) to {args.channel!r}")
+            console.print(f"replayed {moved} message(s) to {args.channel!r}", markup=False)
         else:
             purged = await queue.purge_dead(args.channel, shared=args.shared)
-            console.print(f"purged {purged} dead letter(s) of {args.channel!r}")
+            console.print(f"purged {purged} dead letter(s) of {args.channel!r}", markup=False)
     return 0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,14 +14,129 @@ Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+MASK = "***"
+"""What stands in for a password (or anything that may be one) in redacted text."""
+
+# ``scheme:`` followed by at least one slash: ``amqp://``, ``amqp:/`` (malformed), ``unix:///``.
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:/+")
+# After one of these, a user-info without ':' is a user name (``amqp://guest@host``); after
+# anything else (``user:/pw@host`` is no scheme) it may be a password.
+_KNOWN_PREFIX = re.compile(r"(?i)(amqps?|rediss?)://")
+# Where one URL of a ``;`` list starts.
+_URL_START = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://")
+# A user name shown as is: nothing that could be (part of) a password or a delimiter.
+_CLEAN_USER = re.compile(r"[^\s@/;?#\[\]:]*")
+# ``host``, ``host:5672``, ``[::1]:5672``: an authority whose "port" is really a port.
+_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(:\d{0,5})?")
+_AUTHORITY_END = re.compile(r"[/?#]")
+# Query parameters that carry secrets (``redis://host/0?password=...``).
+_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&#;]*(?:pass|pwd|secret|token)[^=&#;]*=)[^&#;]*")
+# A run of text without white space: one candidate URL of a free text, and what may open it.
+_TOKEN = re.compile(r"\S+")
+_OPENERS = "'\"<([{`"
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe to log)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """``url`` with its password replaced by ``***`` (safe to log and to show).
+
+    Works on malformed input too, and errs on the side of hiding: every URL of a ``;`` list
+    is redacted, the password is everything between the user name and the *last* ``@`` (so a
+    password holding ``@``, ``:``, ``/`` or percent escapes is hidden whole), a user-info
+    without a scheme (``guest:pw@host``) or with a single slash (``amqp:/guest:pw@host``)
+    loses its password too, a user name is shown only when it cannot be a password (after
+    ``amqp://``/``redis://``, or before a ``:``), a ``;`` that is not followed by a new
+    ``scheme://`` is taken as part of the password, a "port" that is not a number
+    (``amqp://guest:pw``) is hidden, and so are query parameters named like a password.
+    A password that itself holds ``@`` followed by ``;scheme://`` cannot be told from a list
+    and may show in part.
+    """
+    return ";".join(_redact_one(chunk) for chunk in _url_chunks(url))
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, a log line) with every URL password in it replaced.
+
+    A URL ends at white space here (a password holding white space is only hidden in part).
+    Only runs of text that look like credentials are touched: a ``scheme://`` or a
+    ``name:secret@`` before an ``@``; a plain ``someone@example.com`` stays as it is.
+    """
+    if "@" not in text and "://" not in text:
+        return text
+    return _TOKEN.sub(_redact_token, text)
+
+
+def _redact_token(match: re.Match[str]) -> str:
+    token = match.group()
+    url = token.lstrip(_OPENERS)  # 'amqp://...', (guest:pw@host): the URL after the quote
+    at = url.rfind("@")
+    if "://" in url or ":" in url[: max(at, 0)]:
+        return token[: len(token) - len(url)] + redact_url(url)
+    return token
+
+
+def _url_chunks(text: str) -> list[str]:
+    """``text`` split at its ``;`` separators, keeping together what may be one password."""
+    parts = text.split(";")
+    chunks: list[str] = []
+    for index, part in enumerate(parts):
+        # no new URL starts here, or the previous chunk may be a password cut at a ';'
+        if chunks and (
+            not _URL_START.match(part)
+            or ("@" not in chunks[-1] and any("@" in later for later in parts[index:]))
+        ):
+            chunks[-1] += ";" + part
+        else:
+            chunks.append(part)
+    return chunks
+
+
+def _redact_one(url: str) -> str:
+    body = url.lstrip()
+    head = url[: len(url) - len(body)]
+    prefix_match = _PREFIX.match(body)
+    prefix = prefix_match.group() if prefix_match else ""
+    rest = body[len(prefix) :]
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        clean = _CLEAN_USER.fullmatch(user) is not None
+        if colon and clean:
+            userinfo = f"{user}:{MASK}"
+        elif not colon and clean and _KNOWN_PREFIX.fullmatch(prefix):  # a user name alone
+            userinfo = user
+        else:
+            userinfo = MASK
+        return head + prefix + userinfo + "@" + _SECRET_PARAM.sub(rf"\1{MASK}", rest[at + 1 :])
+    end = _AUTHORITY_END.search(rest)
+    host, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
+    if _HOST_PORT.fullmatch(host) is None:  # "host:secret", "[::1": hide after the first ':'
+        host = host.split(":", 1)[0] + ":" + MASK
+    return head + prefix + host + _SECRET_PARAM.sub(rf"\1{MASK}", tail)
+
+
+def _url_problem(raw: str, schemes: tuple[str, ...]) -> str | None:
+    """Why ``raw`` is not one usable URL of ``schemes`` (never quoting it), or None.
+
+    The errors of :func:`urllib.parse.urlsplit` may quote the URL: they are never passed on
+    (nor chained, since the caller raises outside this function's ``except`` blocks).
+    """
+    if any(_URL_START.match(part) for part in raw.split(";")[1:]):
+        return "several URLs separated by ';' are not supported; give one"
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return "it cannot be parsed (an unbalanced '[' or ']', or characters a URL cannot hold)"
+    if parts.scheme.lower() not in schemes or not raw[len(parts.scheme) :].startswith("://"):
+        return f"it must start with {' or '.join(s + '://' for s in schemes)}"
+    if parts.scheme.lower() == "unix":
+        return None if parts.path else "a unix:// URL needs the socket's path"
+    if not parts.hostname:
+        return "it has no host"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    return "its port is not a number from 1 to 65535" if port == 0 else None
 
 
 def _check_url(value: SecretStr | None, schemes: tuple[str, ...], name: str) -> SecretStr | None:
@@ -28,21 +144,29 @@ def _check_url(value: SecretStr | None, schemes: tuple[str, ...], name: str) -> 
         return None
     raw = value.get_secret_value().strip()
     if not raw:
-        return None
-    parts = urlsplit(raw)
-    if parts.scheme not in schemes or not parts.hostname:
         raise ValueError(
-            f"{name} must look like {schemes[0]}://user:password@host:port/..., "
+            f"{name} is set but empty or blank; unset it (memory mode) or give a URL"
+            if name == "amqp_url"
+            else f"{name} is set but empty or blank; unset it or give a URL"
+        )
+    problem = _url_problem(raw, schemes)
+    if problem is not None:  # raised outside any except block: no chained exception
+        raise ValueError(
+            f"{name} must look like {schemes[0]}://user:password@host:port/... ({problem}), "
             f"got {redact_url(raw)!r}"
         )
     return SecretStr(raw)
+
+
+_SECRET_URLS = ("amqp_url", "redis_url")
 
 
 class Settings(BaseSettings):
     """Every knob of a bus. Seconds are floats. A bad value fails at construction, naming it.
 
     Secrets (the AMQP and Redis URLs) are :class:`~pydantic.SecretStr`: they never appear in
-    a repr or a log line; :func:`redact_url` shows them without the password.
+    a repr, a validation error or a log line; :func:`redact_url` shows them without the
+    password. An explicitly empty or blank URL is an error (it never means memory mode).
     """
 
     model_config = SettingsConfigDict(
@@ -111,6 +235,18 @@ class Settings(BaseSettings):
         gt=0,
         description="Pub/sub messages an instance's queue holds before the oldest are dropped.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_urls(cls, data: Any) -> Any:
+        """URLs given as text become secrets before validation, so an error's ``input``
+        (``ValidationError.errors()``) shows ``**********``, never the password."""
+        if isinstance(data, dict) and any(isinstance(data.get(k), str) for k in _SECRET_URLS):
+            data = {
+                key: SecretStr(value) if key in _SECRET_URLS and isinstance(value, str) else value
+                for key, value in data.items()
+            }
+        return data
 
     @field_validator("amqp_url", mode="after")
     @classmethod

@@ -8,10 +8,10 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from bus import cli as bus_cli
-from bus.errors import BusError
 from bus.logs import configure_logging
 from bus.settings import Settings
 from plugins.demo_node import APP_NAME
@@ -49,18 +49,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in bus_cli.BUS_COMMANDS:
         return bus_cli.run(args, console, settings)
     if args.command == "node":
-        return _node(args, settings)
+        try:
+            return _node(args, settings)
+        except Exception as exc:  # a command line reports in one line, it does not trace back
+            return _failed(console, "node", exc)
     from plugins.demo import run_demo
 
     with open(args.log_file, "a", encoding="utf-8") as log_file:
         configure_logging("DEBUG", "json", force=True, file=log_file)
         try:
             code = asyncio.run(run_demo(console, args.amqp_url, settings, args.log_file))
-        except BusError as exc:
-            console.print(f"demo failed: {exc}", style="red", markup=False)
-            code = 1
+        except Exception as exc:  # a command line reports in one line, it does not trace back
+            code = _failed(console, "demo", exc)
     console.print(f"structured logs: {args.log_file}")
     return code
+
+
+def _failed(console: Console, command: str, exc: Exception) -> int:
+    """Print why ``command`` failed (one redacted line); its exit status."""
+    console.print(bus_cli.failure(command, exc), style="red", markup=False, soft_wrap=True)
+    return 2 if isinstance(exc, ValidationError) else 1
 
 
 def _node(args: argparse.Namespace, settings: Settings) -> int:
