@@ -1,4 +1,23 @@
-"""Validation of the names that reach the wire (app names, channel names)."""
+"""Validation of the names that reach the wire (app names, channel names, queue names).
+
+Internal names live where user names cannot reach (SPEC, "Names never collide with internal
+ones"):
+
+* The dead queue of work queue ``Q`` is ``Q.dead`` and its delay tiers are
+  ``Q.retry.<milliseconds>``. So an event-queue channel may not end with ``.dead`` nor with
+  ``.retry.<digits>`` (:data:`RESERVED_QUEUE_SUFFIX`): no user queue name then equals an
+  internal one, and no internal name of one queue equals one of another queue.
+* Shared queues are ``queue.<channel>`` and the names of app ``A`` start with ``A.``, so the
+  app name ``queue`` is reserved (its queues, locks and instance queues would be reachable
+  as shared channels).
+* Locks (``A.lock.<key>``, ``A.lock-h.<...>``), instance queues (``A.instance.<id>``) and
+  event queues (``A.queue.<channel>``) differ by their second segment; pub/sub channels are
+  exchanges, a namespace of their own on RabbitMQ.
+
+Every queue name is checked against RabbitMQ's 255-byte limit, with room for the longest
+internal suffix, when it is built (at subscribe, publish and the dead-queue tools), so an
+over-long name raises :class:`InvalidName` at the call in both modes.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +27,35 @@ from managers.errors import InvalidName
 
 _APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9._-]+")
-# RabbitMQ limits queue and exchange names to 255 bytes; leave room for the prefixes.
+MAX_APP_LENGTH = 64
+# A channel's own bound; the whole wire name is checked against MAX_NAME_BYTES as well.
 MAX_CHANNEL_LENGTH = 200
+MAX_NAME_BYTES = 255
+"""RabbitMQ's limit on queue and exchange names (bytes of UTF-8)."""
+RESERVED_APP_NAMES = frozenset({"queue"})
+"""App names whose wire names would overlap the shared queues ``queue.<channel>``."""
+
+DEAD_SUFFIX = ".dead"
+RETRY_SEGMENT = ".retry."
+RESERVED_QUEUE_SUFFIX = re.compile(r"(\.dead|\.retry\.[0-9]+)\Z")
+"""Channel endings an event queue may not have: they name its dead queue and delay tiers."""
+# Room kept after a queue name for its internal suffixes when the longest delay tier is not
+# known: ".retry." and 12 digits of milliseconds (over 30 years), longer than ".dead".
+DEFAULT_SUFFIX_ROOM = len(RETRY_SEGMENT) + 12
 
 
 def validate_app_name(name: object) -> str:
-    """Return ``name`` if it is a valid app name (``[a-z0-9][a-z0-9_-]*``), else raise."""
-    if not isinstance(name, str) or not _APP_NAME.fullmatch(name) or len(name) > 64:
+    """Return ``name`` if it is a valid app name (``[a-z0-9][a-z0-9_-]*``, at most 64
+    characters, not the reserved ``queue``), else raise :class:`InvalidName`."""
+    if not isinstance(name, str) or not _APP_NAME.fullmatch(name) or len(name) > MAX_APP_LENGTH:
         raise InvalidName(
             f"invalid app name {name!r}: use lowercase letters, digits, '_' and '-', "
-            "starting with a letter or digit, at most 64 characters"
+            f"starting with a letter or digit, at most {MAX_APP_LENGTH} characters"
+        )
+    if name in RESERVED_APP_NAMES:
+        raise InvalidName(
+            f"invalid app name {name!r}: it is reserved (shared queues are named "
+            f"'{name}.<channel>', so this app's names would collide with them)"
         )
     return name
 
@@ -36,8 +74,48 @@ def validate_channel(channel: object) -> str:
     return channel
 
 
-def queue_name(app: str, channel: str, *, shared: bool = False) -> str:
-    """The event queue of ``channel``: ``<app>.queue.<channel>``, or ``queue.<channel>`` when
-    ``shared`` (one queue for every app on the broker)."""
+def validate_queue_channel(channel: object) -> str:
+    """:func:`validate_channel`, and not ending with ``.dead`` or ``.retry.<digits>`` (the
+    names of a queue's dead queue and delay tiers)."""
     validate_channel(channel)
-    return f"queue.{channel}" if shared else f"{app}.queue.{channel}"
+    assert isinstance(channel, str)
+    if RESERVED_QUEUE_SUFFIX.search(channel):
+        raise InvalidName(
+            f"invalid queue channel name {channel!r}: a queue channel may not end with "
+            f"'{DEAD_SUFFIX}' or '{RETRY_SEGMENT}<digits>' (those name the dead queue and "
+            "the delay tiers of another channel)"
+        )
+    return channel
+
+
+def check_wire_name(name: str, *, room: int = 0, what: str = "name") -> str:
+    """Return ``name`` if it (plus ``room`` bytes of internal suffixes) fits RabbitMQ's
+    255-byte limit, else raise :class:`InvalidName` naming both."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size + room > MAX_NAME_BYTES:
+        extra = f" plus {room} bytes for its internal suffixes" if room else ""
+        raise InvalidName(
+            f"{what} {name!r} is too long: {size} bytes{extra}, and RabbitMQ allows at "
+            f"most {MAX_NAME_BYTES}; use a shorter channel (or app) name"
+        )
+    return name
+
+
+def tier_suffix(delay: float) -> str:
+    """The suffix of the delay tier holding messages ``delay`` seconds: ``.retry.<ms>``."""
+    return f"{RETRY_SEGMENT}{round(delay * 1000)}"
+
+
+def queue_name(
+    app: str, channel: str, *, shared: bool = False, room: int = DEFAULT_SUFFIX_ROOM
+) -> str:
+    """The event queue of ``channel``: ``<app>.queue.<channel>``, or ``queue.<channel>`` when
+    ``shared`` (one queue for every app on the broker).
+
+    Raises :class:`InvalidName` when ``channel`` is not a valid queue channel (see
+    :func:`validate_queue_channel`) or when the name plus ``room`` bytes (its longest internal
+    suffix) exceeds 255 bytes.
+    """
+    validate_queue_channel(channel)
+    name = f"queue.{channel}" if shared else f"{app}.queue.{channel}"
+    return check_wire_name(name, room=room, what="queue name")

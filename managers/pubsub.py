@@ -17,6 +17,7 @@ from managers.envelope import Envelope
 from managers.errors import BusError, PayloadError
 from managers.names import validate_channel
 from managers.protocols import BroadcastBackend, Codec
+from managers.tasks import cancel_after
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -104,14 +105,14 @@ class PubSubManager:
             self._log.info("pubsub.debounce_cancelled", count=dropped)
         await self._backend.stop()
         self._bound.clear()
-        running = {t for t in self._inflight | self._tasks if t is not asyncio.current_task()}
-        if running:
-            _, late = await asyncio.wait(running, timeout=self._stop_timeout)
-            for task in late:
-                task.cancel()
-            if late:
-                self._log.warning("pubsub.handlers_cancelled", count=len(late))
-                await asyncio.wait(late)
+        # The caller's own task (a handler that stops the bus) is not waited for; a handler
+        # that ignores its cancellation is abandoned after CANCEL_GRACE (logged), so this
+        # never takes longer than stop_timeout + CANCEL_GRACE.
+        late = await cancel_after(
+            self._inflight | self._tasks, self._stop_timeout, self._log, "pubsub"
+        )
+        if late:
+            self._log.warning("pubsub.handlers_cancelled", count=late)
 
     async def stop(self) -> None:
         """Stop receiving (see :meth:`stop_receiving`) and publishing."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Collection
 
@@ -13,7 +14,7 @@ from structlog.typing import FilteringBoundLogger
 
 from managers.envelope import Envelope
 from managers.errors import BusError, PayloadError
-from managers.names import queue_name, validate_channel
+from managers.names import DEAD_SUFFIX, queue_name, tier_suffix
 from managers.protocols import Codec, QueueBackend
 from managers.queue_messages import (
     HEADER_ATTEMPTS,
@@ -28,6 +29,15 @@ from managers.queue_messages import (
     initial_headers,
 )
 from managers.queue_worker import Idle, Process, QueueSubscription, QueueWorker
+from managers.tasks import cancel_after
+
+MAX_RETRIES = 10_000
+"""The largest ``max_retries`` a message may have."""
+MAX_DELAY = 30 * 24 * 3600.0
+"""The longest ``delay`` (30 days): a delay is made of hops through the delay tiers (each at
+most ``retry_delay_max``), so longer schedules belong in a scheduler, not in a queue."""
+MIN_TIMEOUT = 0.001
+"""The shortest ``timeout``: headers carry it in whole milliseconds."""
 
 
 class EventQueue:
@@ -53,6 +63,8 @@ class EventQueue:
         self._codec = codec
         self._log = log
         self._tiers = DelayTiers(retry_delay, retry_delay_max)
+        # room kept after every queue name for its dead queue and its longest delay tier
+        self._room = max(len(DEAD_SUFFIX), *(len(tier_suffix(t)) for t in self._tiers.tiers))
         self._stop_timeout = stop_timeout
         self._consumer_timeout = consumer_timeout
         self._context = context
@@ -83,7 +95,15 @@ class EventQueue:
     async def stop_consuming(self) -> None:
         """Take no more messages, wait up to ``stop_timeout`` for running handlers, cancel
         the rest (their messages stay queued, never acked), then close the consumers.
-        Publishing still works until :meth:`stop`."""
+        Publishing still works until :meth:`stop`.
+
+        Bounded by ``stop_timeout`` plus a short grace (``managers.tasks.CANCEL_GRACE``): a
+        handler that swallows its cancellation is abandoned (logged), and its message goes
+        back to the queue when the consumer closes. A handler that awaits ``bus.stop()``
+        itself is not waited for: stop completes, and the handler's own message goes back to
+        the queue unacked (it runs again elsewhere, or after a restart). To have it acked,
+        start the stop in a task (``asyncio.create_task(bus.stop())``): that stop waits for
+        the handler to return, like any other."""
         if not self._started or self._stopping:
             return
         self._stopping = self._worker.stopping = True
@@ -104,16 +124,23 @@ class EventQueue:
         await self._backend.stop()
 
     async def _drain(self, subs: list[QueueSubscription]) -> None:
-        running = {t: ctx for sub in subs for t, ctx in sub.running.items()}
+        """Wait up to ``stop_timeout`` for the handlers of ``subs``, then cancel the late ones
+        (``ctx.cancelled`` set first) and give them ``CANCEL_GRACE`` to unwind; a handler
+        that ignores its cancellation is abandoned (logged), so this never takes longer than
+        ``stop_timeout + CANCEL_GRACE``. The caller's own task (a handler that stops the bus
+        or unsubscribes its own channel) is not waited for: its message goes back to the
+        queue when the consumer closes."""
+        current = asyncio.current_task()
+        running = {t: ctx for sub in subs for t, ctx in sub.running.items() if t is not current}
         if not running:
             return
         _, late = await asyncio.wait(running, timeout=self._stop_timeout)
+        if not late:
+            return
         for task in late:
             running[task].cancelled.set()
-            task.cancel()
-        if late:
-            self._log.warning("queue.handlers_cancelled", count=len(late), reason="stop")
-            await asyncio.wait(late)
+        self._log.warning("queue.handlers_cancelled", count=len(late), reason="stop")
+        await cancel_after(late, 0, self._log, "queue")
 
     # subscriptions ---------------------------------------------------------------------
 
@@ -132,7 +159,7 @@ class EventQueue:
 
         A second subscribe on one channel (``shared`` counts) raises :class:`BusError`.
         """
-        queue = queue_name(self._app, channel, shared=shared)
+        queue = self._queue(channel, shared)
         if queue in self._subs:
             raise BusError(f"queue channel {channel!r} already has a consumer on this instance")
         sub = QueueSubscription(channel, queue, process, max(0, concurrency), idle, model)
@@ -147,7 +174,7 @@ class EventQueue:
 
     async def unsubscribe(self, channel: str, *, shared: bool = False) -> None:
         """Stop consuming ``channel`` on this instance, after its running handlers finish."""
-        sub = self._subs.pop(queue_name(self._app, channel, shared=shared), None)
+        sub = self._subs.pop(self._queue(channel, shared), None)
         if sub is None:
             return
         sub.closing = True
@@ -167,6 +194,7 @@ class EventQueue:
         if sub.poller is not None:
             sub.poller.cancel()
         consumer, sub.consumer = sub.consumer, None
+        sub.closes += 1  # deliveries still running are not settled any more
         if consumer is not None:
             await consumer.close()
 
@@ -184,22 +212,15 @@ class EventQueue:
     ) -> str:
         """Queue ``message`` on ``channel`` durably; returns its id once the broker confirmed.
 
-        ``timeout`` bounds each attempt (it may not exceed ``consumer_timeout``),
-        ``max_retries`` is how many more attempts follow a failure, ``delay`` holds the
-        message back at least that many seconds.
+        ``timeout`` bounds each attempt (at least :data:`MIN_TIMEOUT`, at most
+        ``consumer_timeout``), ``max_retries`` is how many more attempts follow a failure (an
+        int, at most :data:`MAX_RETRIES`), ``delay`` holds the message back at least that
+        many seconds (finite, at most :data:`MAX_DELAY`). A value out of bounds raises
+        ``ValueError`` (a timeout above ``consumer_timeout``: :class:`BusError`) at the call,
+        in both modes; a name that cannot be a queue raises :class:`InvalidName`.
         """
-        queue = queue_name(self._app, channel, shared=shared)
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        if timeout > self._consumer_timeout:
-            raise BusError(
-                f"channel {channel!r}: timeout {timeout}s exceeds consumer_timeout "
-                f"{self._consumer_timeout}s (the broker would close the consumer first)"
-            )
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
-        if not delay >= 0:
-            raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
+        queue = self._queue(channel, shared)
+        self._check_publish(channel, timeout, max_retries, delay)
         body = self._codec.encode(message, channel=channel)
         if not self._started:
             raise BusError(f"cannot publish on queue {channel!r}: the bus is not started")
@@ -219,11 +240,36 @@ class EventQueue:
             )
         return envelope.message_id
 
+    def _check_publish(self, channel: str, timeout: float, max_retries: int, delay: float) -> None:
+        """Refuse, at the call, values the headers cannot carry or the broker would refuse."""
+        if not _seconds(timeout) or not timeout >= MIN_TIMEOUT:
+            raise ValueError(
+                f"timeout must be a number of seconds >= {MIN_TIMEOUT}, got {timeout!r}"
+            )
+        if timeout > self._consumer_timeout:
+            raise BusError(
+                f"channel {channel!r}: timeout {timeout}s exceeds consumer_timeout "
+                f"{self._consumer_timeout}s (the broker would close the consumer first)"
+            )
+        if (
+            isinstance(max_retries, bool)
+            or not isinstance(max_retries, int)
+            or not 0 <= max_retries <= MAX_RETRIES
+        ):
+            raise ValueError(
+                f"max_retries must be an int from 0 to {MAX_RETRIES}, got {max_retries!r}"
+            )
+        if not _seconds(delay) or not 0 <= delay <= MAX_DELAY:
+            raise ValueError(
+                f"delay must be a number of seconds from 0 to {MAX_DELAY:g} (30 days), "
+                f"got {delay!r}"
+            )
+
     # dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, channel: str, *, shared: bool = False) -> list[DeadLetter]:
         """The messages parked in ``channel``'s dead queue, oldest first (left in place)."""
-        queue = queue_name(self._app, channel, shared=shared)
+        queue = self._queue(channel, shared)
         self._require_started(channel)
         return [self._dead_letter(channel, e) for e in await self._backend.dead_letters(queue)]
 
@@ -251,7 +297,7 @@ class EventQueue:
     ) -> int:
         """Move dead letters (all, or those whose id is in ``ids``) back to the work queue
         with their attempt count reset; returns how many moved."""
-        queue = queue_name(self._app, channel, shared=shared)
+        queue = self._queue(channel, shared)
         self._require_started(channel)
         wanted = None if ids is None else set(ids)
 
@@ -271,16 +317,35 @@ class EventQueue:
 
     async def purge_dead(self, channel: str, *, shared: bool = False) -> int:
         """Empty ``channel``'s dead queue; returns how many messages were removed."""
-        queue = queue_name(self._app, channel, shared=shared)
+        queue = self._queue(channel, shared)
         self._require_started(channel)
         count = await self._backend.purge_dead(queue)
         self._log.info("queue.purge_dead", channel=channel, count=count)
         return count
 
+    def _queue(self, channel: str, shared: bool) -> str:
+        """The queue of ``channel`` (:class:`~managers.errors.InvalidName` when the channel
+        is not a valid queue channel, or its queue's names would exceed 255 bytes)."""
+        return queue_name(self._app, channel, shared=shared, room=self._room)
+
     def _require_started(self, channel: str) -> None:
-        validate_channel(channel)
         if not self._started:
             raise BusError(f"queue {channel!r}: the bus is not started")
 
 
-__all__ = ["DeadLetter", "EventQueue", "QueueContext", "QueueSubscription"]
+def _seconds(value: object) -> bool:
+    """True for a finite int or float (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+__all__ = [
+    "MAX_DELAY",
+    "MAX_RETRIES",
+    "MIN_TIMEOUT",
+    "DeadLetter",
+    "EventQueue",
+    "QueueContext",
+    "QueueSubscription",
+]

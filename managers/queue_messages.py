@@ -4,6 +4,7 @@ context, dead letters, and the backoff and delay-tier arithmetic."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -31,8 +32,10 @@ _FAILURE_HEADERS = (HEADER_ERROR, HEADER_ATTEMPTS, HEADER_FAILED_BY, HEADER_FAIL
 
 # A message whose not-before time is less than this many seconds away is due.
 DUE_SLACK = 0.02
-# Error texts kept in dead-letter headers are cut to this many characters.
+# Error texts kept in dead-letter headers are cut to this many characters, and to
+# MAX_ERROR_BYTES of UTF-8 (a header must fit a frame, whatever the characters).
 MAX_ERROR_CHARS = 2000
+MAX_ERROR_BYTES = 4096
 
 
 @dataclass(slots=True)
@@ -73,6 +76,22 @@ class DeadLetter:
     channel: str
 
 
+# Header values are read defensively: any peer on the broker (or a caller in memory mode) can
+# forge them, and a NaN or infinite timeout would corrupt the event loop's timer heap.
+MAX_HEADER_COUNT = 10_000
+"""Ceiling of ``x-attempt`` and ``x-max-retries`` as read (``managers.queue.MAX_RETRIES``)."""
+MAX_HEADER_TIMEOUT = 24 * 3600.0
+"""Default ceiling of ``x-timeout`` as read (seconds). Publishing refuses timeouts above
+``consumer_timeout``; a reader that knows it passes it as ``max_timeout``."""
+MIN_HEADER_TIMEOUT = 0.001
+"""Floor of ``x-timeout`` as read (seconds): the headers' resolution."""
+MAX_HEADER_DELAY = 30 * 24 * 3600.0
+"""How far ahead ``x-not-before`` may be, as read (``managers.queue.MAX_DELAY``)."""
+
+# Ints beyond this magnitude are clamped to it before becoming floats (10**400 has no float).
+_HUGE = 2**63
+
+
 @dataclass(slots=True, frozen=True)
 class QueueHeaders:
     """The delivery facts kept in a queue message's headers (never in process memory)."""
@@ -81,15 +100,57 @@ class QueueHeaders:
     max_retries: int
     timeout: float
     not_before: float | None
+    malformed: tuple[str, ...] = ()
+    """Names of the headers that were present but not usable (not a finite number, or out
+    of bounds): their value above is a default or clamped."""
 
     @classmethod
-    def read(cls, headers: Mapping[str, Any], default_timeout: float) -> QueueHeaders:
-        """Read the headers; absent or malformed ones take their defaults."""
+    def read(
+        cls,
+        headers: Mapping[str, Any],
+        default_timeout: float,
+        *,
+        max_timeout: float = MAX_HEADER_TIMEOUT,
+    ) -> QueueHeaders:
+        """Read the headers; never raises, whatever a peer forged.
+
+        Only finite int and float values are numbers (bools, strings, NaN and infinities are
+        not); an absent or malformed header takes its default, and every value is clamped:
+        ``attempt`` and ``max_retries`` to ints in ``[0, MAX_HEADER_COUNT]`` (default 0),
+        ``timeout`` to ``[MIN_HEADER_TIMEOUT, max_timeout]`` seconds (``default_timeout``
+        when absent, malformed, zero or negative), ``not_before`` to at most
+        ``MAX_HEADER_DELAY`` seconds from now (None when absent or malformed). ``malformed``
+        names the headers that needed a default or a clamp.
+        """
+        malformed: list[str] = []
+
+        def read_number(name: str, low: float, high: float, scale: float = 1.0) -> float | None:
+            raw = headers.get(name)
+            value = _number(raw, None)
+            if value is not None:
+                value /= scale
+                if low <= value <= high:
+                    return value
+                value = min(max(value, low), high)
+            if raw is not None:
+                malformed.append(name)
+            return value
+
+        ceiling = max_timeout if _finite_positive(max_timeout) else MAX_HEADER_TIMEOUT
+        default = min(default_timeout, ceiling) if _finite_positive(default_timeout) else ceiling
+        timeout = read_number(HEADER_TIMEOUT, 0.0, ceiling, 1000)
+        if timeout is None or timeout < MIN_HEADER_TIMEOUT:
+            if timeout is not None and HEADER_TIMEOUT not in malformed:
+                malformed.append(HEADER_TIMEOUT)
+            timeout = default
         return cls(
-            attempt=max(0, int(_number(headers.get(HEADER_ATTEMPT), 0) or 0)),
-            max_retries=max(0, int(_number(headers.get(HEADER_MAX_RETRIES), 0) or 0)),
-            timeout=from_ms(headers.get(HEADER_TIMEOUT)) or default_timeout,
-            not_before=from_ms(headers.get(HEADER_NOT_BEFORE)),
+            attempt=int(read_number(HEADER_ATTEMPT, 0, MAX_HEADER_COUNT) or 0),
+            max_retries=int(read_number(HEADER_MAX_RETRIES, 0, MAX_HEADER_COUNT) or 0),
+            timeout=max(timeout, MIN_HEADER_TIMEOUT),
+            not_before=read_number(
+                HEADER_NOT_BEFORE, -math.inf, time.time() + MAX_HEADER_DELAY, 1000
+            ),
+            malformed=tuple(malformed),
         )
 
 
@@ -99,15 +160,26 @@ def to_ms(seconds: float) -> int:
 
 
 def from_ms(value: object) -> float | None:
-    """Header milliseconds as seconds (None when absent or not a number)."""
+    """Header milliseconds as seconds: a finite float, or None when absent or not a finite
+    number (see :func:`_number`)."""
     number = _number(value, None)
     return None if number is None else number / 1000
 
 
+def _finite_positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and 0 < value < math.inf
+
+
 def _number(value: object, default: float | None) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``value`` as a finite float; ``default`` when it is not a number (a bool, a string,
+    NaN or an infinity). Ints too large for a float are clamped to +-2**63."""
+    if isinstance(value, bool):
         return default
-    return float(value)
+    if isinstance(value, int):
+        return float(min(max(value, -_HUGE), _HUGE))
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return default
 
 
 def initial_headers(
@@ -143,12 +215,21 @@ def for_replay(envelope: Envelope) -> Envelope:
     return forwarded(envelope, **changes)
 
 
+def error_text(text: str) -> str:
+    """``text`` made safe to store and send: characters UTF-8 cannot encode (lone
+    surrogates) written as backslash escapes, then cut to :data:`MAX_ERROR_CHARS` characters
+    and :data:`MAX_ERROR_BYTES` bytes (never inside a character)."""
+    raw = text[:MAX_ERROR_CHARS].encode("utf-8", "backslashreplace")
+    return raw[:MAX_ERROR_BYTES].decode("utf-8", "ignore")[:MAX_ERROR_CHARS]
+
+
 def parked(envelope: Envelope, *, error: str, attempts: int, instance: str) -> Envelope:
-    """``envelope`` as it goes to the dead queue, with why, how often and by whom."""
+    """``envelope`` as it goes to the dead queue, with why, how often and by whom (the error
+    text sanitised by :func:`error_text`, so any text a handler raised can be stored)."""
     return forwarded(
         envelope,
         **{
-            HEADER_ERROR: error[:MAX_ERROR_CHARS],
+            HEADER_ERROR: error_text(error),
             HEADER_ATTEMPTS: attempts,
             HEADER_FAILED_BY: instance,
             HEADER_FAILED_AT: to_ms(time.time()),

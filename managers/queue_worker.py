@@ -15,7 +15,8 @@ import structlog
 from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
-from managers.errors import BusError, PayloadError
+from managers.envelope import Envelope
+from managers.errors import BusError, BusUnavailable, PayloadError
 from managers.protocols import Codec, QueueConsumer, QueueDelivery
 from managers.queue_messages import (
     DUE_SLACK,
@@ -24,10 +25,12 @@ from managers.queue_messages import (
     DelayTiers,
     QueueContext,
     QueueHeaders,
+    error_text,
     forwarded,
     parked,
     to_ms,
 )
+from managers.tasks import TaskKeeper
 
 Process = Callable[[Any, QueueContext], Awaitable[None]]
 Idle = Callable[[], bool]
@@ -37,6 +40,11 @@ DEFAULT_TIMEOUT = 15.0
 
 # How often a paused (not idle) consumer asks its idle() predicate again.
 IDLE_POLL = 0.05
+
+# A message that could not be sent on (its retry, delay hop or dead-lettering failed) is kept
+# unacked at least this long (or retry_delay, if longer) before it is given back to the
+# queue: a failing broker never turns into a redelivery loop.
+MIN_REQUEUE_DELAY = 1.0
 
 
 @dataclass(slots=True)
@@ -54,6 +62,9 @@ class QueueSubscription:
     paused: bool = False
     closing: bool = False
     poller: asyncio.Task[None] | None = None
+    closes: int = 0
+    """How often the consumer was closed: a delivery that began under an earlier count lost
+    its consumer (its message went back to the queue) and is not settled any more."""
 
 
 class QueueWorker:
@@ -74,7 +85,23 @@ class QueueWorker:
         self._tiers = tiers
         self._context = context
         self._debug = log.is_enabled_for(logging.DEBUG)
-        self.stopping = False
+        self._tasks = TaskKeeper(log, "queue")
+        self._requeue_delay = max(MIN_REQUEUE_DELAY, tiers.first)
+        self._halt = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        """True while the instance stops: no new delivery runs, held messages go back."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = value
+        if value:
+            self._halt.set()
+        else:
+            self._halt.clear()
 
     async def pause(self, sub: QueueSubscription, *, quietly: bool = False) -> None:
         """Stop the broker giving ``sub`` messages (``quietly``: a failure is only logged; the
@@ -105,7 +132,15 @@ class QueueWorker:
         )
         task = asyncio.current_task()
         assert task is not None
-        head = QueueHeaders.read(envelope.headers, DEFAULT_TIMEOUT)
+        closes = sub.closes
+        try:
+            head = QueueHeaders.read(envelope.headers, DEFAULT_TIMEOUT)
+        except Exception as exc:  # whatever a peer put in the headers: park, keep consuming
+            self._log.error("queue.malformed", attempt=0, error=describe(exc))
+            await self._park(
+                sub, delivery, f"malformed headers: {describe(exc)}", attempt=0, attempts=0
+            )
+            return
         loop = asyncio.get_running_loop()
         ctx = QueueContext(
             id=envelope.message_id,
@@ -119,7 +154,7 @@ class QueueWorker:
         )
         sub.running[task] = ctx
         try:
-            await self._handle(sub, delivery, head, ctx)
+            await self._handle(sub, delivery, head, ctx, closes)
         except asyncio.CancelledError:
             if not self.stopping and not sub.closing:
                 raise
@@ -127,8 +162,7 @@ class QueueWorker:
             self._log.warning("queue.interrupted", attempt=ctx.attempt, reason="stop")
         except Exception:  # a bug of ours must not leave the message held unacked
             self._log.exception("queue.internal_error", attempt=ctx.attempt)
-            with contextlib.suppress(BusError):
-                await delivery.requeue()
+            await self._requeue_later(sub, delivery, "internal error", closes)
         finally:
             del sub.running[task]
 
@@ -149,9 +183,12 @@ class QueueWorker:
             try:
                 await self.pause(sub, quietly=True)
             finally:
-                sub.poller = asyncio.get_running_loop().create_task(self._await_idle(sub))
+                sub.poller = self._tasks.spawn(self._await_idle(sub), name="queue idle poller")
             self._log.debug("queue.paused", channel=sub.channel, reason="not idle")
-        await self._settle(delivery.requeue(), delivery, "requeue")
+        try:
+            await delivery.requeue()
+        except BusError as exc:  # the channel is gone: the broker gives it back anyway
+            self._log.warning("queue.settle_failed", operation="requeue", error=str(exc))
 
     async def _await_idle(self, sub: QueueSubscription) -> None:
         # idle() is a plain predicate: there is nothing to wait on but time
@@ -178,13 +215,16 @@ class QueueWorker:
         delivery: QueueDelivery,
         head: QueueHeaders,
         ctx: QueueContext,
+        closes: int,
     ) -> None:
         envelope = delivery.envelope
         if head.not_before is not None:
             remaining = head.not_before - time.time()
             if remaining > DUE_SLACK:  # a delayed message on its way: send it on
                 hop = self._tiers.hop(remaining)
-                await self._settle(delivery.retry(envelope, hop), delivery, "delay")
+                await self._forward(
+                    sub, delivery, envelope, hop, what="delay", error="", attempts=ctx.attempt
+                )
                 return
         try:
             value = self._codec.decode(envelope.body)
@@ -192,7 +232,9 @@ class QueueWorker:
                 value = self._codec.validate(value, sub.model)
         except PayloadError as exc:
             self._log.error("queue.malformed", attempt=ctx.attempt, error=str(exc))
-            await self._park(delivery, ctx, f"PayloadError: {exc}", attempts=ctx.attempt)
+            await self._park(
+                sub, delivery, f"PayloadError: {exc}", attempt=ctx.attempt, attempts=ctx.attempt
+            )
             return
         if self._debug:
             self._log.debug(
@@ -201,10 +243,18 @@ class QueueWorker:
         started = time.perf_counter()
         error = await self._run(sub.process, value, ctx)
         took = round(time.perf_counter() - started, 6)
+        if sub.closes != closes:
+            # the consumer closed while the handler ran (e.g. the handler stopped the bus):
+            # its message went back to the queue, and it runs again elsewhere or later
+            self._log.warning("queue.left_queued", attempt=ctx.attempt, reason="consumer closed")
+            return
         if error is None:
             if self._debug:
                 self._log.debug("queue.success", attempt=ctx.attempt, seconds=took)
-            await self._settle(delivery.ack(), delivery, "ack")
+            try:
+                await delivery.ack()
+            except BusError as exc:  # the channel is gone: the broker delivers it again
+                self._log.error("queue.settle_failed", operation="ack", error=str(exc))
             return
         self._log.warning("queue.failure", attempt=ctx.attempt, error=error, seconds=took)
         if ctx.attempt < ctx.max_retries:
@@ -216,15 +266,18 @@ class QueueWorker:
                     HEADER_NOT_BEFORE: to_ms(time.time() + backoff),
                 },
             )
-            if await self._settle(delivery.retry(retry, backoff), delivery, "retry"):
+            sent = await self._forward(
+                sub, delivery, retry, backoff, what="retry", error=error, attempts=ctx.attempt + 1
+            )
+            if sent:
                 self._log.warning(
                     "queue.retry", attempt=ctx.attempt + 1, delay=backoff, error=error
                 )
             return
-        await self._park(delivery, ctx, error, attempts=ctx.attempt + 1)
+        await self._park(sub, delivery, error, attempt=ctx.attempt, attempts=ctx.attempt + 1)
 
     async def _run(self, process: Process, value: object, ctx: QueueContext) -> str | None:
-        """Run one attempt under its deadline; the error text, or None on success."""
+        """Run one attempt under its deadline; the (sanitised) error text, or None."""
         task = asyncio.current_task()
         assert task is not None
         fired = False
@@ -246,8 +299,10 @@ class QueueWorker:
                 # is settled (retried or parked) instead of held unacked
                 task.uncancel()
                 return "CancelledError: the handler's task was cancelled"
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # whatever a handler raises is a failed attempt
+            return describe(exc)
         finally:
             handle.cancel()
         if fired:  # cancelled by the deadline (or the handler swallowed the cancellation)
@@ -255,23 +310,86 @@ class QueueWorker:
             return f"TimeoutError: the attempt took longer than its timeout ({ctx.timeout}s)"
         return None
 
-    async def _park(
-        self, delivery: QueueDelivery, ctx: QueueContext, error: str, *, attempts: int
-    ) -> None:
-        dead = parked(delivery.envelope, error=error, attempts=attempts, instance=self._instance_id)
-        if await self._settle(delivery.bury(dead), delivery, "dead-letter"):
-            self._log.error(
-                "queue.dead_letter", attempt=ctx.attempt, attempts=attempts, error=error
-            )
+    # settling when the broker fails -------------------------------------------------------
+    #
+    # No broker failure turns into a redelivery loop (SPEC, "Under faults"):
+    # - a retry or delay hop the broker *refuses* (a permanent fault) parks the message in
+    #   the dead queue with both errors;
+    # - one that finds the broker *unavailable*, or a dead-lettering that fails either way,
+    #   keeps the message unacked for a while (retry_delay, at least MIN_REQUEUE_DELAY) and
+    #   then gives it back to the queue unchanged (same attempt), or leaves it to the broker
+    #   when the channel died;
+    # - a failed ack is only logged: the channel is gone and the broker delivers it again.
 
-    async def _settle(self, operation: Awaitable[None], delivery: QueueDelivery, what: str) -> bool:
-        """Run a settle operation; on a broker failure give the message back (or, when the
-        channel died, leave it to the broker's redelivery) and say so in the logs."""
+    async def _forward(
+        self,
+        sub: QueueSubscription,
+        delivery: QueueDelivery,
+        envelope: Envelope,
+        delay: float,
+        *,
+        what: str,
+        error: str,
+        attempts: int,
+    ) -> bool:
+        """Send ``envelope`` through the delay tier ``delay`` (a retry, or a delayed message's
+        next hop); True when it went."""
         try:
-            await operation
+            await delivery.retry(envelope, delay)
             return True
+        except BusUnavailable as exc:
+            self._log.error("queue.settle_failed", operation=what, error=str(exc))
+            await self._requeue_later(sub, delivery, what, sub.closes)
         except BusError as exc:
             self._log.error("queue.settle_failed", operation=what, error=str(exc))
-        with contextlib.suppress(BusError):
-            await delivery.requeue()
+            reason = f"the {what} could not be scheduled: {exc}"
+            text = f"{error} ({reason})" if error else reason
+            await self._park(sub, delivery, text, attempt=attempts, attempts=attempts)
         return False
+
+    async def _park(
+        self,
+        sub: QueueSubscription,
+        delivery: QueueDelivery,
+        error: str,
+        *,
+        attempt: int,
+        attempts: int,
+    ) -> None:
+        """Dead-letter the message after ``attempts`` attempts with ``error``."""
+        dead = parked(delivery.envelope, error=error, attempts=attempts, instance=self._instance_id)
+        try:
+            await delivery.bury(dead)
+        except BusError as exc:
+            self._log.error("queue.settle_failed", operation="dead-letter", error=str(exc))
+            await self._requeue_later(sub, delivery, "dead-letter", sub.closes)
+            return
+        self._log.error("queue.dead_letter", attempt=attempt, attempts=attempts, error=error)
+
+    async def _requeue_later(
+        self, sub: QueueSubscription, delivery: QueueDelivery, what: str, closes: int
+    ) -> None:
+        """Keep the message unacked for a while, then give it back to the queue (at once
+        when the instance stops; not at all when its consumer closed meanwhile, which gave it
+        back already)."""
+        self._log.warning("queue.requeue_later", operation=what, delay=self._requeue_delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._requeue_delay):
+                await self._halt.wait()
+        if sub.closes != closes:
+            return
+        try:
+            await delivery.requeue()
+        except BusError as exc:  # the channel is gone: the broker gives it back anyway
+            self._log.warning("queue.settle_failed", operation="requeue", error=str(exc))
+
+
+def describe(exc: BaseException) -> str:
+    """``"<Type>: <text>"`` of any exception, sanitised (see
+    :func:`~managers.queue_messages.error_text`); an exception whose ``str()`` raises is
+    still described by its type."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:
+        text = f"{type(exc).__name__}: <str() of the exception raised>"
+    return error_text(text)

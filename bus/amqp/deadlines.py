@@ -44,15 +44,38 @@ class Deadlines:
         loop = asyncio.get_running_loop()
         while self._ops:
             await asyncio.sleep(self._tick)
-            now = loop.time()
-            late = [(t, task) for t, (due, task) in self._ops.items() if due <= now]
-            for token, task in late:
-                del self._ops[token]
-                self._expired.add(token)
-                task.cancel()
+            self.expire(loop.time())
+
+    def expire(self, now: float) -> None:
+        """Cancel the operations due by ``now`` that are still waiting on the broker.
+
+        An operation whose awaited future already completed (its task is scheduled to resume
+        with the result, e.g. a confirm that arrived in this loop iteration) is left to
+        finish: cancelling it then would throw away a completed result (a confirmed publish
+        reported as unavailable, inviting a duplicate). It is checked again next tick, or
+        leaves the watch when it returns.
+        """
+        late = [(t, task) for t, (due, task) in self._ops.items() if due <= now]
+        for token, task in late:
+            if _resuming(task):
+                continue
+            del self._ops[token]
+            self._expired.add(token)
+            task.cancel()
 
     def close(self) -> None:
         """Stop the sweeper (operations still in flight are no longer bounded)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+
+def _resuming(task: asyncio.Task[object]) -> bool:
+    """True when ``task`` is not blocked on a pending future: what it waited for is done (or
+    it yielded), so it resumes in this or the next loop iteration. asyncio keeps the awaited
+    future in ``Task._fut_waiter`` (the C and the Python tasks alike, Python 3.11 to 3.13);
+    without it, the task counts as blocked (cancelled as before)."""
+    if not hasattr(task, "_fut_waiter"):
+        return False
+    waiter: asyncio.Future[object] | None = task._fut_waiter
+    return waiter is None or waiter.done()

@@ -22,6 +22,7 @@ from bus.amqp.transport import AmqpTransport
 from managers.envelope import Envelope
 from managers.errors import BusError, BusUnavailable
 from managers.protocols import QueueReceiver
+from managers.tasks import TaskKeeper
 
 
 class AmqpQueues:
@@ -41,6 +42,8 @@ class AmqpQueues:
         self._declared: set[str] = set()
         self._topology: AbstractRobustChannel | None = None
         self._consumers: set[AmqpQueueConsumer] = set()
+        self.tasks = TaskKeeper(log, "amqp queues")
+        """Owns the consumers' delivery tasks and their shielded, bounded channel closes."""
 
     # topology --------------------------------------------------------------------------
 
@@ -154,6 +157,11 @@ class AmqpQueues:
         """The connection this backend rides on."""
         return self._transport
 
+    @property
+    def log(self) -> FilteringBoundLogger:
+        """The instance's logger."""
+        return self._log
+
     # dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, queue: str) -> list[Envelope]:
@@ -243,7 +251,14 @@ class AmqpQueues:
 
 class AmqpQueueConsumer:
     """A consumer of one work queue on a robust channel of its own (implements
-    ``QueueConsumer``); aio-pika restores it after a reconnect."""
+    ``QueueConsumer``); aio-pika restores it after a reconnect.
+
+    The consumer tag is kept until the broker confirmed the cancel: when a ``basic.cancel``
+    (or a ``basic.consume``) gets no answer in time, the broker's view of the channel is
+    unknown, so the channel is closed (the broker then drops its consumers and requeues what
+    it held) and :meth:`resume` opens a fresh one. A consumer is thus never doubled by a
+    resume after a timed-out pause.
+    """
 
     def __init__(
         self, backend: AmqpQueues, queue: str, prefetch: int, receiver: QueueReceiver
@@ -256,51 +271,96 @@ class AmqpQueueConsumer:
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
+        self._closed = False
 
     async def open(self) -> None:
-        """Open the channel, set the prefetch, declare the queue and start consuming."""
+        """Open the channel, set the prefetch, declare the queue and start consuming (a
+        failure or cancellation on the way closes the channel again)."""
         channel = await self._transport.connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
         self._channel = channel
-        await channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await channel.declare_queue(
-            self.queue_name,
-            durable=True,
-            arguments=self._backend.arguments(),
-        )
-        self._tag = await self._queue.consume(self._on_message)
+        try:
+            await channel.set_qos(prefetch_count=self._prefetch)
+            self._queue = await channel.declare_queue(
+                self.queue_name,
+                durable=True,
+                arguments=self._backend.arguments(),
+            )
+            self._tag = await self._queue.consume(self._on_message)
+        except BaseException:
+            await self._drop()
+            raise
 
     async def pause(self) -> None:
-        """``basic.cancel``: the broker gives this consumer nothing more."""
-        queue, tag, self._tag = self._queue, self._tag, None
-        if queue is not None and tag is not None:
+        """``basic.cancel``: the broker gives this consumer nothing more. When the broker
+        does not confirm in time, the channel is closed (and reopened by :meth:`resume`)."""
+        queue, tag = self._queue, self._tag
+        if queue is None or tag is None:
+            return
+        try:
             await self._transport.bounded(
                 f"pausing the consumer of {self.queue_name!r}", lambda: queue.cancel(tag)
             )
+        except BaseException:
+            await self._drop()
+            raise
+        if self._tag == tag:
+            self._tag = None
 
     async def resume(self) -> None:
-        """``basic.consume`` again."""
+        """``basic.consume`` again (on a fresh channel when the last one was dropped)."""
+        if self._closed:
+            return
+        if self._channel is None:
+            await self._transport.bounded(
+                f"reopening the consumer of {self.queue_name!r}", self.open
+            )
+            return
         queue = self._queue
-        if queue is not None and self._tag is None:
+        if queue is None or self._tag is not None:
+            return
+        try:
             self._tag = await self._transport.bounded(
                 f"resuming the consumer of {self.queue_name!r}",
                 lambda: queue.consume(self._on_message),
             )
+        except BaseException:
+            await self._drop()
+            raise
 
     async def close(self) -> None:
         """Cancel and close the channel: the broker requeues every unacked delivery."""
+        self._closed = True
         self._backend.forget(self)
         with contextlib.suppress(BusError):
             await self.pause()
-        channel, self._channel, self._queue = self._channel, None, None
-        if channel is not None:
+        await self._drop()
+
+    async def _drop(self) -> None:
+        """Close the channel, shielded from the caller's cancellation and bounded by
+        ``publish_timeout``: the broker forgets its consumer and requeues its unacked
+        messages; aio-pika does not restore a channel closed on purpose."""
+        channel, self._channel, self._queue, self._tag = self._channel, None, None, None
+        if channel is None:
+            return
+
+        async def close() -> None:
             with contextlib.suppress(Exception):
-                await self._transport.bounded(
-                    f"closing the consumer of {self.queue_name!r}", channel.close
-                )
+                await channel.close()
+
+        await self._backend.tasks.shielded(
+            close,
+            timeout=self._transport.settings.publish_timeout,
+            what=f"closing the consumer channel of {self.queue_name!r}",
+        )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        await self._receiver(AmqpDelivery(self._backend, self.queue_name, message))
+        # The receiver runs in a task of ours, not in aiormq's consumer task: aiormq cancels
+        # its tasks when the channel closes, and a handler's life (waited for, cancelled or
+        # abandoned at stop; a handler that stops its own bus) is the event queue's call, as
+        # in memory mode. Its ack then fails on the closed channel and the broker redelivers.
+        delivery = AmqpDelivery(self._backend, self.queue_name, message)
+        self._backend.tasks.spawn(self._receiver(delivery))
 
 
 class AmqpDelivery:
@@ -330,11 +390,25 @@ class AmqpDelivery:
         )
 
     async def retry(self, envelope: Envelope, delay: float) -> None:
-        """Publish to the delay tier (confirmed), then ack."""
+        """Publish to the delay tier (confirmed), then ack. Raises only when the publish
+        failed (the message is still ours); a failed ack after it is logged: the channel is
+        gone and the broker delivers the original again (at least once)."""
         await self._backend.publish(self._queue, envelope, delay)
-        await self.ack()
+        await self._ack_forwarded("retry")
 
     async def bury(self, envelope: Envelope) -> None:
-        """Publish to the dead queue (confirmed), then ack."""
+        """Publish to the dead queue (confirmed), then ack; raises only when the publish
+        failed (see :meth:`retry`)."""
         await self._backend.publish_dead(self._queue, envelope)
-        await self.ack()
+        await self._ack_forwarded("dead-letter")
+
+    async def _ack_forwarded(self, what: str) -> None:
+        try:
+            await self.ack()
+        except BusError as exc:
+            self._backend.log.warning(
+                "queue.ack_failed",
+                operation=what,
+                error=str(exc),
+                reason="forwarded, but the original will be delivered again",
+            )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from managers.names import DEAD_SUFFIX, tier_suffix
+
 _PLAIN = re.compile(r"[A-Za-z0-9._-]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -25,13 +27,15 @@ def instance_queue(app: str, instance_id: str) -> str:
 
 
 def dead_queue(queue: str) -> str:
-    """The dead queue of work queue ``queue``: ``<queue>.dead``."""
-    return f"{queue}.dead"
+    """The dead queue of work queue ``queue``: ``<queue>.dead`` (no queue channel ends with
+    ``.dead``: see :mod:`managers.names`)."""
+    return f"{queue}{DEAD_SUFFIX}"
 
 
 def delay_queue(queue: str, delay: float) -> str:
-    """The delay tier of ``queue`` holding messages ``delay`` seconds: ``<queue>.retry.<ms>``."""
-    return f"{queue}.retry.{round(delay * 1000)}"
+    """The delay tier of ``queue`` holding messages ``delay`` seconds: ``<queue>.retry.<ms>``
+    (no queue channel ends with ``.retry.<digits>``: see :mod:`managers.names`)."""
+    return f"{queue}{tier_suffix(delay)}"
 
 
 def lock_queue(app: str, key: str) -> str:
