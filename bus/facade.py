@@ -3,9 +3,9 @@ the managers of the primitives."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
 
@@ -29,11 +29,17 @@ from managers.protocols import BroadcastBackend, CacheStore, LockBackend, QueueB
 from managers.pubsub import PubSubManager
 from managers.queue import EventQueue
 from managers.sync import SyncMessageManager
+from managers.tasks import TaskKeeper
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 Mode = Literal["memory", "amqp"]
+Step = Callable[[], Awaitable[object]]
+
+
+def _step_name(step: Step) -> str:
+    return getattr(step, "__qualname__", repr(step))
 
 
 class Bus:
@@ -82,13 +88,16 @@ class Bus:
             locks = AmqpLocks(transport, self.log)
         else:
             self.hub = hub if hub is not None else default_hub()
-            endpoint = MemoryBroadcast(self.hub, self.name, base.pubsub_prefetch)
+            endpoint = MemoryBroadcast(
+                self.hub, self.name, base.pubsub_prefetch, base.pubsub_max_backlog, self.log
+            )
             broadcast = endpoint
             queues = MemoryQueues(self.hub, self.name, base.storage_dir, self.log)
             locks = MemoryLocks(self.hub.lock_table(self.name))
             peers = functools.partial(self.hub.listeners, self.name, INVALIDATION_CHANNEL, endpoint)
         context = {"app": self.name, "instance": self.instance_id}  # bound for every handler
         self.pubsub = PubSubManager(
+            app=self.name,
             instance_id=self.instance_id,
             backend=broadcast,
             codec=self.codec,
@@ -116,7 +125,7 @@ class Bus:
             hooks_for=hooks_for,
             publish_timeout=base.publish_timeout,
         )
-        self.locks = LockManager(backend=locks, log=self.log)
+        self.locks = LockManager(backend=locks, log=self.log, stop_timeout=base.stop_timeout)
         self._redis: Redis | None = None
         self.cache_manager = CacheManager(
             app=self.name,
@@ -129,7 +138,7 @@ class Bus:
             peers=peers,
         )
         self.cache: Cache = self.cache_manager.default
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskKeeper(self.log, "bus")
         if self._transport is not None:
             self._transport.reconnect_listeners.append(self._after_reconnect)
         self._state: Literal["new", "started", "stopped"] = "new"
@@ -145,11 +154,9 @@ class Bus:
 
     def _after_reconnect(self) -> None:
         """Memory caches may have missed invalidations while the connection was down."""
-        task = asyncio.get_running_loop().create_task(
-            self.cache_manager.drop_memory_caches("amqp reconnect")
+        self._background.spawn(
+            self.cache_manager.drop_memory_caches("amqp reconnect"), name="drop memory caches"
         )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     @property
     def started(self) -> bool:
@@ -166,18 +173,48 @@ class Bus:
             return
         if self._state == "stopped":
             raise BusError(f"bus {self.name!r} was stopped; create a new Bus to start again")
+        # what undoes each step, run latest first when a later step fails; each manager's
+        # stop is registered before its start, as a stop is a no-op on a manager that did
+        # not start and undoes whatever a start did before it failed
+        undo: list[Step] = [self._close, self.cache_manager.close]
         try:
             if self._transport is not None:
                 await self._transport.connect()
             await self.cache_manager.start()
-            await self.pubsub.start()
-            await self.queue.start()
-            await self.locks.start()
+            for manager in (self.pubsub, self.queue, self.locks):
+                undo.append(manager.stop)
+                await manager.start()
         except BaseException:
-            await self._close()
+            await self._undo_start(undo)
             raise
         self._state = "started"
         self.log.info("bus.started", mode=self.mode, amqp_url=self.settings.amqp_url_redacted())
+
+    async def _undo_start(self, undo: list[Step]) -> None:
+        """Leave nothing running after a failed start (no subscription, hub membership,
+        consumer or connection), shielded from a further cancellation and bounded."""
+        settings = self.settings
+        bound = 3 * settings.stop_timeout + settings.publish_timeout + 5.0
+        with contextlib.suppress(Exception):  # the caller gets the start's own error
+            await self._background.shielded(
+                lambda: self._run_steps(reversed(undo), "bus.start_cleanup_failed"),
+                timeout=bound,
+                on_timeout=self._close,
+                what="failed start clean-up",
+            )
+
+    async def _run_steps(self, steps: Iterable[Step], event: str) -> BaseException | None:
+        """Run every step even when some fail (each failure logged as ``event``); returns
+        the first failure."""
+        first: BaseException | None = None
+        for step in steps:
+            try:
+                await step()
+            except BaseException as exc:  # the next steps must run; the first is re-raised
+                first = first or exc
+                if isinstance(exc, Exception):
+                    self.log.exception(event, step=_step_name(step))
+        return first
 
     async def stop_deliveries(self) -> None:
         """Stop every delivery into this instance (queue consumers, pub/sub and sync
@@ -202,20 +239,25 @@ class Bus:
         if self._state != "started":
             return
         self._state = "stopped"
-        try:
-            await self._stop_deliveries()
-            await self.sync.stop()
-        finally:
-            try:
-                await self.queue.stop()
-                await self.pubsub.stop()
-            finally:
-                try:
-                    await self.locks.stop()
-                finally:
-                    await self.cache_manager.close()
-                    await self._close()
-        self.log.info("bus.stopped")
+        failure = await self._run_steps(
+            (
+                self._stop_deliveries,
+                self.sync.stop,
+                self.locks.stop,  # cancelled sections unwind while publishing still works
+                self.queue.stop,
+                self.pubsub.stop,
+                self._drain_background,
+                self.cache_manager.close,
+                self._close,
+            ),
+            "bus.stop_step_failed",
+        )
+        self.log.info("bus.stopped", failed=failure is not None)
+        if failure is not None:
+            raise failure
+
+    async def _drain_background(self) -> None:
+        await self._background.drain(self.settings.stop_timeout)
 
     async def _close(self) -> None:
         if self._redis is not None:

@@ -31,6 +31,7 @@ class App:
     ) -> None:
         self.bus = Bus(name, amqp_url=amqp_url, hub=hub, settings=settings)
         self.plugins: dict[str, Plugin] = {}
+        self._loaded: list[Plugin] = []  # plugins whose load() completed: they get before_stop
         self._state: Literal["new", "started", "stopping", "stopped"] = "new"
 
     @property
@@ -61,7 +62,11 @@ class App:
         return plugin
 
     async def start(self) -> None:
-        """Load the plugins, connect, subscribe, then ``after_start``."""
+        """Load the plugins, connect, subscribe, then ``after_start``.
+
+        When a step fails, the app stops (only the plugins whose ``load`` completed get
+        ``before_stop``; the bus is stopped) and the step's error is raised.
+        """
         if self._state != "new":
             raise BusError(f"app {self.name!r} was started already")
         self._state = "started"
@@ -71,6 +76,7 @@ class App:
                 await plugin.before_load()
             for plugin in plugins:
                 await plugin.load()
+                self._loaded.append(plugin)
             await self.bus.start()
             for plugin in plugins:
                 if type(plugin).handles_sync_messages():
@@ -78,7 +84,10 @@ class App:
             for plugin in plugins:
                 await plugin.after_start()
         except BaseException:
-            await self.stop()
+            try:
+                await self.stop()
+            except Exception:  # the caller gets the cause; this is logged
+                self.bus.log.exception("app.stop_after_failed_start_failed")
             raise
 
     def _sync_handler(self, plugin: Plugin) -> Any:
@@ -90,14 +99,14 @@ class App:
         return handle
 
     async def stop(self) -> None:
-        """Stop deliveries, run ``before_stop`` hooks, close the bus. A second call is a
-        no-op."""
+        """Stop deliveries, run ``before_stop`` hooks (of the plugins whose ``load``
+        completed, in reverse order), close the bus. A second call is a no-op."""
         if self._state in ("stopping", "stopped"):
             return
         self._state = "stopping"
         try:
             await self.bus.stop_deliveries()
-            for plugin in reversed(list(self.plugins.values())):
+            for plugin in reversed(self._loaded):
                 try:
                     await plugin.before_stop()
                 except Exception:

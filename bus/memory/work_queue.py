@@ -8,8 +8,11 @@ import collections
 import itertools
 from collections.abc import Awaitable, Callable
 
+from structlog.typing import FilteringBoundLogger
+
 from managers.envelope import Envelope
 from managers.protocols import QueueReceiver
+from managers.tasks import TaskKeeper
 
 Ready = tuple[Envelope, bool]  # (message, redelivered)
 
@@ -92,6 +95,7 @@ class MemoryQueueConsumer:
         prefetch: int,
         receiver: QueueReceiver,
         forward: Callable[[str, Envelope, float], Awaitable[None]],
+        log: FilteringBoundLogger,
     ) -> None:
         self.queue = queue
         self._prefetch = prefetch
@@ -100,7 +104,7 @@ class MemoryQueueConsumer:
         self._unsettled: dict[int, Envelope] = {}
         self._ids = itertools.count()
         self._active = True
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskKeeper(log, f"memory queue consumer {queue.name}")
 
     @property
     def has_room(self) -> bool:
@@ -111,10 +115,7 @@ class MemoryQueueConsumer:
         """Accept a message from the queue and run the receiver on it in a task."""
         tag = next(self._ids)
         self._unsettled[tag] = envelope
-        delivery = MemoryDelivery(self, tag, envelope, redelivered)
-        task = asyncio.get_running_loop().create_task(self._receiver(delivery))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._receiver(MemoryDelivery(self, tag, envelope, redelivered)))
 
     def settle(self, tag: int) -> bool:
         """Forget delivery ``tag``; False when it was already settled or given back."""
