@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -11,8 +12,31 @@ from structlog.typing import FilteringBoundLogger
 
 from managers.errors import PayloadError
 from managers.protocols import CacheStore, Codec
+from managers.tasks import TaskKeeper
 
 IsCacheable = Callable[[Any], bool | Awaitable[bool]]
+
+MAX_TTL = 2.0**53 / 1000
+"""The longest ttl accepted, in seconds (about 285,000 years): the largest whole number of
+milliseconds a float holds exactly, far below Redis' own limit, the same on every store."""
+
+
+def check_ttl(ttl: object, where: str) -> float | None:
+    """``ttl`` as seconds (None: no expiry); ``ValueError`` naming ``where`` unless it is a
+    finite number of seconds above 0 and at most :data:`MAX_TTL` (``TypeError`` when it is
+    not a number at all)."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(
+            f"{where}: ttl must be a number of seconds or None, got {type(ttl).__name__}"
+        )
+    if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL):
+        raise ValueError(
+            f"{where}: ttl must be a finite number of seconds > 0 and <= {MAX_TTL:.0f}, "
+            f"or None; got {ttl!r}"
+        )
+    return float(ttl)
 
 
 class Invalidator(Protocol):
@@ -51,7 +75,8 @@ class Cache:
         self._invalidate = invalidate
         self._log = log
         self._head = f"{app}:{prefix}:"
-        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._flights: dict[str, _Flight] = {}
+        self._fills = TaskKeeper(log, f"cache {name}")
         self._epoch = 0  # bumped by every invalidation received: fills started before it lose
 
     def full_key(self, key: str) -> str:
@@ -61,22 +86,29 @@ class Cache:
         return self._head + key
 
     def _encode(self, key: str, value: object) -> bytes:
+        channel = f"cache {self.name}"
         try:
-            return self._codec.encode(value, channel=f"cache {self.name}")
+            return self._codec.encode(value, channel=channel)
         except PayloadError as exc:
+            # the codec's own reason (its cause), else its text without the channel part
+            cause = exc.__cause__
+            reason = str(cause) if cause else str(exc).removeprefix(f"channel {channel!r}: ")
             raise PayloadError(
                 f"cache {self.name!r}, key {key!r}: value of type {type(value).__name__} "
-                f"cannot be cached: {exc.__cause__ or exc}"
+                f"cannot be cached: {reason}"
             ) from exc
 
     def _decode(self, raw: bytes) -> Any:
         return self._codec.decode(raw)
 
-    def _ttl(self, ttl: float | None) -> float | None:
-        ttl = self.default_ttl if ttl is None else ttl
-        if ttl is not None and not ttl > 0:
-            raise ValueError(f"cache {self.name!r}: ttl must be > 0 seconds or None, got {ttl}")
-        return ttl
+    def _ttl(self, ttl: float | None, keys: list[str]) -> float | None:
+        """The ttl of a write of ``keys`` (default: the cache's), checked before anything
+        is stored or computed."""
+        if ttl is None:
+            return self.default_ttl
+        shown = ", ".join(repr(k) for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
+        where = f"cache {self.name!r}, key{'s' if len(keys) != 1 else ''} {shown}"
+        return check_ttl(ttl, where)
 
     async def _changed(self, keys: list[str] | None) -> None:
         self._epoch += 1  # a fill that started before this write must not store its value
@@ -92,8 +124,9 @@ class Cache:
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Cache ``value`` under ``key`` for ``ttl`` seconds (default: the cache's ttl)."""
+        ttl = self._ttl(ttl, [key])
         raw = self._encode(key, value)
-        await self.store.set(self.full_key(key), raw, self._ttl(ttl))
+        await self.store.set(self.full_key(key), raw, ttl)
         await self._changed([key])
 
     async def delete(self, key: str) -> None:
@@ -117,8 +150,9 @@ class Cache:
     ) -> None:
         """Cache every (key, value) pair; every value is checked before any is stored."""
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        ttl = self._ttl(ttl, [k for k, _ in pairs])
         encoded = [(self.full_key(k), self._encode(k, v)) for k, v in pairs]
-        await self.store.mset(encoded, self._ttl(ttl))
+        await self.store.mset(encoded, ttl)
         await self._changed([k for k, _ in pairs])
 
     async def mdelete(self, *keys: str) -> None:
@@ -145,6 +179,11 @@ class Cache:
 
         Single-flight: concurrent callers on this instance share one ``fn()`` call; its
         exception reaches all of them and nothing is cached. ``None`` is never cached.
+
+        The shared call runs in a task of its own, so cancelling one caller (the first
+        included) never cancels the others: they still get the value. When every caller
+        has been cancelled, the call is cancelled too, caches nothing, and the key is free:
+        the next ``wrap`` of it calls ``fn`` again.
         """
         return await self.wrap_with_condition(key, fn, ttl=ttl)
 
@@ -159,35 +198,69 @@ class Cache:
     ) -> Any:
         """Like :meth:`wrap`, with ``use_cache=False`` to bypass the cache and
         ``is_cacheable(value)`` (sync or async) to decide what is kept. A cached falsy
-        value is a hit; ``None`` is never cached."""
+        value is a hit; ``None`` is never cached. Concurrent callers share the first
+        caller's ``fn``, ``is_cacheable`` and ``ttl``."""
+        full = self.full_key(key)
+        ttl = self._ttl(ttl, [key])
         if not use_cache:
             return await fn()
-        full = self.full_key(key)
         raw = await self.store.get(full)
         if raw is not None:
             return self._decode(raw)
         flight = self._flights.get(key)
-        if flight is not None:
-            return await asyncio.shield(flight)
-        flight = asyncio.get_running_loop().create_future()
-        flight.add_done_callback(_retrieve)
-        self._flights[key] = flight
+        if flight is None:
+            flight = self._flights[key] = _Flight()
+            flight.task = self._fills.spawn(
+                self._fly(flight, key=key, full=full, fn=fn, is_cacheable=is_cacheable, ttl=ttl),
+                name=f"cache {self.name} fill {key}",
+            )
+        task = flight.task
+        flight.waiters += 1
         try:
-            value = await self._fill(key, full, fn, is_cacheable, ttl)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                flight.cancel()
-            else:
-                flight.set_exception(exc)
-            raise
-        else:
-            flight.set_result(value)
-            return value
+            ok, result = await asyncio.shield(task)
         finally:
+            flight.waiters -= 1
+            if not flight.waiters and not task.done():
+                self._abandon(key, flight)
+        if not ok:
+            raise result
+        return result
+
+    def _abandon(self, key: str, flight: _Flight) -> None:
+        """Every caller of a fill was cancelled: cancel it and free the key at once (a fill
+        slow to unwind must not block the next caller, nor store its value)."""
+        flight.abandoned = True
+        flight.task.cancel()
+        if self._flights.get(key) is flight:
             del self._flights[key]
+        self._log.debug("cache.fill_abandoned", cache=self.name, key=key)
+
+    async def _fly(
+        self,
+        flight: _Flight,
+        *,
+        key: str,
+        full: str,
+        fn: Callable[[], Awaitable[Any]],
+        is_cacheable: IsCacheable | None,
+        ttl: float | None,
+    ) -> tuple[bool, Any]:
+        """Run one shared fill; (True, value) or (False, the exception for every caller)."""
+        try:
+            value = await self._fill(
+                flight, key=key, full=full, fn=fn, is_cacheable=is_cacheable, ttl=ttl
+            )
+            return True, value
+        except Exception as exc:
+            return False, exc
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
 
     async def _fill(
         self,
+        flight: _Flight,
+        *,
         key: str,
         full: str,
         fn: Callable[[], Awaitable[Any]],
@@ -206,8 +279,10 @@ class Cache:
             if not verdict:
                 return value
         raw = self._encode(key, value)
-        if epoch == self._epoch:  # no invalidation arrived while fn ran: the value is fresh
-            await self.store.set(full, raw, self._ttl(ttl))
+        # stored only when no invalidation arrived while fn ran (the value is fresh) and
+        # some caller still wants it (an abandoned fill that ignored its cancellation)
+        if epoch == self._epoch and not flight.abandoned:
+            await self.store.set(full, raw, ttl)
         return value
 
     # invalidation from other instances -----------------------------------------------------
@@ -221,7 +296,13 @@ class Cache:
             await self.store.delete([self.full_key(k) for k in keys])
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a flight's exception as seen even when no follower awaited it."""
-    if not future.cancelled():
-        future.exception()
+class _Flight:
+    """One shared ``fn()`` call of :meth:`Cache.wrap` and how many callers wait for it."""
+
+    __slots__ = ("abandoned", "task", "waiters")
+
+    task: asyncio.Task[tuple[bool, Any]]
+
+    def __init__(self) -> None:
+        self.waiters = 0
+        self.abandoned = False

@@ -9,11 +9,12 @@ from typing import Any, Literal
 
 from structlog.typing import FilteringBoundLogger
 
-from managers.cache import Cache
-from managers.errors import BusError
+from managers.cache import Cache, check_ttl
+from managers.errors import BusError, InvalidName
 from managers.names import validate_channel
 from managers.protocols import CacheStore, Codec
 from managers.pubsub import PubSubManager
+from managers.tasks import TaskKeeper
 
 StoreKind = Literal["memory", "redis"]
 StoreFactory = Callable[[StoreKind, int], CacheStore]
@@ -30,6 +31,11 @@ class CacheManager:
     None: who listens is unknown), writes of the same event-loop turn share one message,
     confirmed by the broker. On the in-process hub publishing never waits, so each write
     publishes at once, and only when ``peers()`` says another instance listens.
+
+    Writes are announced from :meth:`start` (the bus starting) until :meth:`close` (the bus
+    closed), so also while the app is stopping: deliveries into this instance have stopped,
+    but a plugin's ``before_stop`` still writes, and the instances that keep running must
+    drop what it changed.
     """
 
     def __init__(
@@ -55,12 +61,15 @@ class CacheManager:
         self._caches: dict[str, Cache] = {}
         self._pending: dict[str, set[str] | None] = {}
         self._flush: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskKeeper(log, "cache invalidation")
+        self._open = False
         self.default = self._create(DEFAULT_CACHE, DEFAULT_CACHE, default_store, None, None)
 
     async def start(self) -> None:
-        """Listen for other instances' invalidations (bound when the bus starts)."""
+        """Listen for other instances' invalidations (bound when the bus starts), and
+        announce this instance's writes from now on."""
         await self._pubsub.subscribe(INVALIDATION_CHANNEL, self._on_invalidation)
+        self._open = True
 
     async def create_cache(
         self,
@@ -76,6 +85,12 @@ class CacheManager:
         ``store`` is ``memory`` (default) or ``redis``; ``ttl`` the default expiry in seconds;
         ``max_size`` the LRU bound of a memory store. Creating an existing name again returns
         it when the options match and raises otherwise.
+
+        A prefix cannot contain ``:`` (:class:`InvalidName`): with ``auth`` and ``auth:v2``
+        the key ``v2:x`` of the first and ``x`` of the second would be the same Redis key,
+        and one's ``reset()`` would wipe the other, also across processes that each know
+        only one of them. Without ``:`` in prefixes, every stored key belongs to exactly
+        one prefix (use ``auth.v2`` or ``auth-v2``; keys may contain ``:``).
         """
         kind: StoreKind = store or self._default_store
         existing = self._caches.get(name)
@@ -93,10 +108,15 @@ class CacheManager:
         self, name: str, prefix: str, kind: StoreKind, ttl: float | None, max_size: int | None
     ) -> Cache:
         validate_channel(name)
+        if not isinstance(prefix, str) or ":" in prefix:
+            raise InvalidName(
+                f"cache {name!r}: prefix {prefix!r} must be a str without ':' (keys are "
+                f"'<app>:<prefix>:<key>', so a ':' would nest one cache's keys in another's; "
+                f"use '.' or '-' instead)"
+            )
         if kind not in ("memory", "redis"):
             raise ValueError(f"cache {name!r}: store must be 'memory' or 'redis', got {kind!r}")
-        if ttl is not None and not ttl > 0:
-            raise ValueError(f"cache {name!r}: ttl must be > 0 seconds or None, got {ttl}")
+        check_ttl(ttl, f"cache {name!r}")
         cache = Cache(
             name=name,
             app=self._app,
@@ -119,7 +139,8 @@ class CacheManager:
             raise KeyError(f"no cache named {name!r} (create it with create_cache)") from None
 
     async def close(self) -> None:
-        """Close every store (Redis connections)."""
+        """Stop announcing writes and close every store (Redis connections)."""
+        self._open = False
         for cache in self._caches.values():
             await cache.store.close()
 
@@ -136,8 +157,8 @@ class CacheManager:
 
     async def _announce(self, cache: str, keys: list[str] | None) -> None:
         """Queue an invalidation and wait until the batch that carries it is published."""
-        if not self._pubsub.started:
-            return  # nobody can hold this instance's writes yet: it never published
+        if not self._open:
+            return  # not started (nobody can hold this instance's writes) or closed
         if self._peers is not None:
             if self._peers():
                 await self._publish([{"cache": cache, "keys": keys}])
@@ -150,9 +171,7 @@ class CacheManager:
                 pending.update(keys)
         if self._flush is None:
             self._flush = asyncio.get_running_loop().create_future()
-            task = asyncio.get_running_loop().create_task(self._send_batch(self._flush))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._send_batch(self._flush), name="cache invalidation batch")
         await asyncio.shield(self._flush)
 
     async def _send_batch(self, done: asyncio.Future[None]) -> None:

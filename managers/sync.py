@@ -15,6 +15,7 @@ from managers.errors import BusError
 from managers.names import validate_channel
 from managers.protocols import Codec
 from managers.pubsub import Handler, PubSubManager, Subscription
+from managers.tasks import TaskKeeper
 
 SYNC_PREFIX = "sync."
 
@@ -55,7 +56,7 @@ class SyncMessageManager:
         self._debounce = debounce
         self._hooks_for = hooks_for
         self._publish_timeout = publish_timeout
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending = TaskKeeper(log, "sync")
 
     async def subscribe(
         self, channel: str, handler: Handler, *, model: type[BaseModel] | None = None
@@ -83,7 +84,7 @@ class SyncMessageManager:
         registered to be sent when it commits (discarded if it rolls back). Never waits for
         the commit, so awaiting this inside the transaction cannot deadlock. The payload is
         encoded at once: a bad one raises :class:`PayloadError` here."""
-        wire = _wire(channel)
+        wire = self._pubsub.check_channel(_wire(channel))
         body = self._codec.encode(message, channel=wire)
         if transaction is None:
             await self._pubsub.publish_encoded(wire, body, skip_self=skip_self, only_self=only_self)
@@ -101,8 +102,11 @@ class SyncMessageManager:
             send = (wire, body, skip_self, only_self, trace_id)
             if _in_loop_thread(loop):
                 self._spawn(*send)
-            else:  # a sync session committed in a worker thread
+                return
+            try:  # a sync session or connection committed in a worker thread
                 loop.call_soon_threadsafe(self._spawn, *send)
+            except RuntimeError as exc:  # the loop is closed: the commit must not fail
+                self._log.error("sync.send_failed", channel=wire, trace_id=trace_id, error=str(exc))
 
         def on_rollback() -> None:
             nonlocal settled
@@ -117,9 +121,7 @@ class SyncMessageManager:
         return True
 
     def _spawn(self, *send: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(*send))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        self._sending.spawn(self._send(*send), name=f"sync send {send[0]}")
 
     async def _send(
         self, wire: str, body: bytes, skip_self: bool, only_self: bool, trace_id: str
@@ -132,9 +134,11 @@ class SyncMessageManager:
             self._log.error("sync.send_failed", channel=wire, trace_id=trace_id, error=str(exc))
 
     async def stop(self) -> None:
-        """Wait (up to ``publish_timeout``) for the sends of committed transactions."""
-        if self._sending:
-            await asyncio.wait(set(self._sending), timeout=self._publish_timeout)
+        """Wait (up to ``publish_timeout``) for the sends of committed transactions, then
+        cancel the late ones (logged)."""
+        late = await self._sending.drain(self._publish_timeout)
+        if late:
+            self._log.warning("sync.sends_cancelled", count=late)
 
 
 def _wire(channel: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from collections import OrderedDict
 
@@ -54,11 +55,11 @@ class MemoryStore:
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
         """Store ``value``; the least recently used entry goes when the store is full."""
-        self._put(key, value, None if ttl is None else time.monotonic() + ttl)
+        self._put(key, value, _expiry(ttl))
 
     async def mset(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         """Store every pair with ``ttl``."""
-        expires = None if ttl is None else time.monotonic() + ttl
+        expires = _expiry(ttl)
         for key, value in items:
             self._put(key, value, expires)
 
@@ -93,3 +94,13 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _expiry(ttl: float | None) -> float | None:
+    """The monotonic time ``ttl`` seconds from now; ``ValueError`` for a ttl that is not a
+    finite number above 0 (as the redis store, so both stores refuse the same values)."""
+    if ttl is None:
+        return None
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError(f"memory store: ttl must be a finite number of seconds > 0, got {ttl!r}")
+    return time.monotonic() + ttl

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -75,14 +76,14 @@ class RedisStore:
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
         """SET with a millisecond expiry when ``ttl`` is given."""
-        px = None if ttl is None else max(1, round(ttl * 1000))
+        px = _px(ttl)
         await self._call("SET", lambda: self._redis.set(key, value, px=px))
 
     async def mset(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
         """All pairs in one transaction (MSET, or SET PX per key when ``ttl`` is given)."""
+        px = _px(ttl)
         if not items:
             return
-        px = None if ttl is None else max(1, round(ttl * 1000))
 
         async def run() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -136,6 +137,16 @@ class RedisStore:
         """Close the client when this store owns it."""
         if self._owns:
             await self._redis.aclose()
+
+
+def _px(ttl: float | None) -> int | None:
+    """``ttl`` in whole milliseconds (at least 1) for PX; ``ValueError`` for a ttl Redis
+    cannot take (not finite, not above 0), which ``Cache`` refuses before it gets here."""
+    if ttl is None:
+        return None
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError(f"redis store: ttl must be a finite number of seconds > 0, got {ttl!r}")
+    return max(1, round(ttl * 1000))
 
 
 def _as_bytes(value: bytes | str | None) -> bytes | None:

@@ -134,6 +134,17 @@ async def test_reset_removes_only_this_caches_keys(make_cache: Any) -> None:
     await short.reset()
 
 
+async def _all_joined(cache: Any, key: str, count: int) -> None:
+    """Wait until ``count`` callers share the single flight of ``key`` (a Redis store makes
+    each caller's cache read take a while, so a fixed sleep is not enough under load)."""
+
+    def joined() -> bool:
+        flight = cache._flights.get(key)
+        return flight is not None and flight.waiters == count
+
+    await eventually(joined, what=f"{count} callers waiting on {key!r}")
+
+
 async def test_wrap_is_single_flight(make_cache: Any) -> None:
     _, cache = await make_cache()
     calls = 0
@@ -146,7 +157,7 @@ async def test_wrap_is_single_flight(make_cache: Any) -> None:
         return {"policy": 7}
 
     callers = [asyncio.create_task(cache.wrap("policy", load, ttl=60)) for _ in range(10)]
-    await asyncio.sleep(0.05)
+    await _all_joined(cache, "policy", 10)
     release.set()
     assert await asyncio.gather(*callers) == [{"policy": 7}] * 10
     assert calls == 1
@@ -167,7 +178,7 @@ async def test_wrap_error_reaches_every_caller_and_caches_nothing(make_cache: An
         raise LookupError("db down")
 
     callers = [asyncio.create_task(cache.wrap("k", broken)) for _ in range(10)]
-    await asyncio.sleep(0.05)
+    await _all_joined(cache, "k", 10)
     release.set()
     results = await asyncio.gather(*callers, return_exceptions=True)
     assert all(isinstance(r, LookupError) for r in results)
