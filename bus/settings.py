@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from managers.names import MAX_DELAY, MIN_DELAY
+
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeSeconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -193,8 +195,23 @@ class Settings(BaseSettings):
     sync_debounce: NonNegativeSeconds = Field(
         default=1.0, description="Debounce of every sync-message subscription (s)."
     )
-    retry_delay: Seconds = Field(default=0.5, description="First retry backoff of queues (s).")
-    retry_delay_max: Seconds = Field(default=60.0, description="Cap of the retry backoff (s).")
+    retry_delay: float = Field(
+        default=0.5,
+        ge=MIN_DELAY,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description="First retry backoff of queues (s), from 0.001 to 2592000 (30 days).",
+    )
+    retry_delay_max: float = Field(
+        default=60.0,
+        ge=MIN_DELAY,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description=(
+            "Cap of the retry backoff (s), at most 2592000 (30 days): the longest delay tier, "
+            "whose queue name and TTL must stay valid on RabbitMQ."
+        ),
+    )
     stop_timeout: NonNegativeSeconds = Field(
         default=10.0, description="How long stop() waits for running handlers (s)."
     )

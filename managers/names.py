@@ -15,8 +15,11 @@ ones"):
   exchanges, a namespace of their own on RabbitMQ.
 
 Every queue name is checked against RabbitMQ's 255-byte limit, with room for the longest
-internal suffix, when it is built (at subscribe, publish and the dead-queue tools), so an
-over-long name raises :class:`InvalidName` at the call in both modes.
+internal suffix, when it is built (at subscribe, publish and the dead-queue tools), and so is
+every pub/sub exchange name (at subscribe and publish, against AMQP's 127-byte limit on
+exchange names, which the client enforces), so an over-long name raises
+:class:`InvalidName` at the call in both modes. Instance ids are at most
+:data:`MAX_INSTANCE_ID_LENGTH` characters, so an instance queue always fits.
 """
 
 from __future__ import annotations
@@ -32,8 +35,24 @@ MAX_APP_LENGTH = 64
 MAX_CHANNEL_LENGTH = 200
 MAX_NAME_BYTES = 255
 """RabbitMQ's limit on queue and exchange names (bytes of UTF-8)."""
+MAX_EXCHANGE_BYTES = 127
+"""The limit on exchange names in AMQP 0-9-1 (its ``exchange-name`` domain), which the client
+(pamqp) enforces before anything reaches RabbitMQ: pub/sub exchanges must fit it."""
 RESERVED_APP_NAMES = frozenset({"queue"})
 """App names whose wire names would overlap the shared queues ``queue.<channel>``."""
+
+MAX_DELAY = 30 * 24 * 3600.0
+"""The longest delay (seconds, 30 days) of a message and of a delay tier (so of
+``retry_delay_max``): a tier's TTL must stay under RabbitMQ's ``x-message-ttl`` limit
+(2**32-1 ms, about 49.7 days) and its name ``.retry.<ms>`` within :data:`DEFAULT_SUFFIX_ROOM`."""
+MIN_DELAY = 0.001
+"""The shortest delay tier (seconds, so the smallest ``retry_delay``): tiers are named and
+timed in whole milliseconds, and a tier of 0 ms would send a message straight back."""
+
+PUBSUB_SEGMENT = ".pubsub."
+INSTANCE_SEGMENT = ".instance."
+MAX_INSTANCE_ID_LENGTH = MAX_NAME_BYTES - MAX_APP_LENGTH - len(INSTANCE_SEGMENT)
+"""The longest instance id: its queue ``<app>.instance.<id>`` fits 255 bytes for any app."""
 
 DEAD_SUFFIX = ".dead"
 RETRY_SEGMENT = ".retry."
@@ -88,17 +107,44 @@ def validate_queue_channel(channel: object) -> str:
     return channel
 
 
-def check_wire_name(name: str, *, room: int = 0, what: str = "name") -> str:
-    """Return ``name`` if it (plus ``room`` bytes of internal suffixes) fits RabbitMQ's
-    255-byte limit, else raise :class:`InvalidName` naming both."""
+def check_wire_name(
+    name: str, *, room: int = 0, what: str = "name", limit: int = MAX_NAME_BYTES
+) -> str:
+    """Return ``name`` if it (plus ``room`` bytes of internal suffixes) fits ``limit`` bytes
+    (RabbitMQ's 255 for queues), else raise :class:`InvalidName` naming both."""
     size = len(name.encode("utf-8", "surrogatepass"))
-    if size + room > MAX_NAME_BYTES:
+    if size + room > limit:
         extra = f" plus {room} bytes for its internal suffixes" if room else ""
+        allows = (
+            f"RabbitMQ allows at most {limit}"
+            if limit == MAX_NAME_BYTES
+            else f"AMQP 0-9-1 (and so the client) allows at most {limit} for an exchange"
+        )
         raise InvalidName(
-            f"{what} {name!r} is too long: {size} bytes{extra}, and RabbitMQ allows at "
-            f"most {MAX_NAME_BYTES}; use a shorter channel (or app) name"
+            f"{what} {name!r} is too long: {size} bytes{extra}, and {allows}; use a shorter "
+            "channel (or app) name"
         )
     return name
+
+
+def pubsub_name(app: str, channel: str) -> str:
+    """The exchange of pub/sub channel ``channel`` of ``app``: ``<app>.pubsub.<channel>``
+    (sync channel ``P`` is the pub/sub channel ``sync.P``)."""
+    return f"{app}{PUBSUB_SEGMENT}{channel}"
+
+
+def check_pubsub_channel(app: str | None, channel: object) -> str:
+    """Return ``channel`` if it is a valid channel name (:func:`validate_channel`) whose
+    exchange ``<app>.pubsub.<channel>`` fits :data:`MAX_EXCHANGE_BYTES`, else raise
+    :class:`InvalidName`. With ``app`` None (not known), the longest app name is assumed."""
+    validate_channel(channel)
+    assert isinstance(channel, str)
+    check_wire_name(
+        pubsub_name(app if app is not None else "a" * MAX_APP_LENGTH, channel),
+        what="pub/sub exchange name",
+        limit=MAX_EXCHANGE_BYTES,
+    )
+    return channel
 
 
 def tier_suffix(delay: float) -> str:

@@ -15,9 +15,9 @@ from structlog.typing import FilteringBoundLogger
 from managers.debounce import Debouncer
 from managers.envelope import Envelope
 from managers.errors import BusError, PayloadError
-from managers.names import validate_channel
+from managers.names import check_pubsub_channel
 from managers.protocols import BroadcastBackend, Codec
-from managers.tasks import cancel_after
+from managers.tasks import TaskKeeper, cancel_after
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -53,6 +53,10 @@ class PubSubManager:
     """Cross-instance broadcast over a :class:`~managers.protocols.BroadcastBackend`.
 
     Delivery is at-most-once to every instance subscribed when the message is published.
+    ``app`` (the app name; else ``context["app"]``) sizes the exchange names
+    ``<app>.pubsub.<channel>``, checked against AMQP's 127-byte limit on exchange names at
+    subscribe and publish in both modes; when neither gives it, the longest app name is
+    assumed.
     """
 
     def __init__(
@@ -64,7 +68,9 @@ class PubSubManager:
         log: FilteringBoundLogger,
         stop_timeout: float,
         context: dict[str, str],
+        app: str | None = None,
     ) -> None:
+        self._app = app if app is not None else context.get("app")
         self._instance_id = instance_id
         self._backend = backend
         self._codec = codec
@@ -75,9 +81,14 @@ class PubSubManager:
         self._subs: dict[str, dict[Handler, Subscription]] = {}
         self._bound: set[str] = set()
         self._bind_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskKeeper(log, "pubsub")
+        """Debounced calls and deliveries to self (``skip_self=False``)."""
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._debouncer = Debouncer(self._spawn)
+        """Tasks running a delivery's handlers (the backend's or ours)."""
+        self._parents: dict[asyncio.Task[Any], asyncio.Task[Any]] = {}
+        """Tasks running handlers on behalf of another (a delivery's concurrent handlers,
+        a delivery to self awaited by ``only_self``): the one they run for."""
+        self._debouncer = Debouncer(self._tasks.spawn)
         self._started = False
         self._stopping = False
 
@@ -105,14 +116,33 @@ class PubSubManager:
             self._log.info("pubsub.debounce_cancelled", count=dropped)
         await self._backend.stop()
         self._bound.clear()
-        # The caller's own task (a handler that stops the bus) is not waited for; a handler
-        # that ignores its cancellation is abandoned after CANCEL_GRACE (logged), so this
-        # never takes longer than stop_timeout + CANCEL_GRACE.
-        late = await cancel_after(
-            self._inflight | self._tasks, self._stop_timeout, self._log, "pubsub"
-        )
+        # The caller's own task (a handler that stops the bus) and the tasks it runs for are
+        # not waited for; a handler that ignores its cancellation is abandoned after
+        # CANCEL_GRACE (logged), so this never takes longer than stop_timeout + CANCEL_GRACE.
+        callers = self._callers()
+        running = {t for t in self._inflight | self._tasks.tasks if t not in callers}
+        late = await cancel_after(running, self._stop_timeout, self._log, "pubsub")
         if late:
             self._log.warning("pubsub.handlers_cancelled", count=late)
+
+    def _callers(self) -> set[asyncio.Task[Any]]:
+        """The current task and those it runs handlers for (its "parents"): a handler that
+        stops the bus must not wait for itself through them."""
+        found: set[asyncio.Task[Any]] = set()
+        task = asyncio.current_task()
+        while task is not None and task not in found:
+            found.add(task)
+            task = self._parents.get(task)
+        return found
+
+    def _run_for(self, task: asyncio.Task[Any], parent: asyncio.Task[Any] | None) -> None:
+        """Note that ``task`` runs handlers on behalf of ``parent``."""
+        if parent is not None:
+            self._parents[task] = parent
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._parents.pop(task, None)
 
     async def stop(self) -> None:
         """Stop receiving (see :meth:`stop_receiving`) and publishing."""
@@ -139,8 +169,11 @@ class PubSubManager:
         Subscribing the same handler twice keeps one subscription (the first). With
         ``debounce`` > 0, equal payloads within that many seconds collapse into one call made
         ``debounce`` seconds after the last. With ``model``, payloads are validated into it.
+        A channel name that is not valid, or whose exchange ``<app>.pubsub.<channel>`` would
+        exceed 127 bytes (AMQP's limit on exchange names), raises
+        :class:`~managers.errors.InvalidName`.
         """
-        validate_channel(channel)
+        self.check_channel(channel)
         if debounce < 0:
             raise ValueError(f"debounce must be >= 0 seconds, got {debounce!r}")
         handlers = self._subs.setdefault(channel, {})
@@ -196,9 +229,10 @@ class PubSubManager:
         ``skip_self`` (default) keeps it from this instance's own handlers; ``only_self``
         delivers it to this instance only, without touching the broker, and returns once its
         handlers ran. The payload is always encoded, so a bad one raises
-        :class:`PayloadError` naming the channel either way.
+        :class:`PayloadError` naming the channel either way; a bad or over-long channel name
+        raises :class:`~managers.errors.InvalidName` (see :meth:`subscribe`).
         """
-        validate_channel(channel)
+        self.check_channel(channel)
         body = self._codec.encode(message, channel=channel)
         return await self.publish_encoded(channel, body, skip_self=skip_self, only_self=only_self)
 
@@ -213,6 +247,7 @@ class PubSubManager:
     ) -> str:
         """:meth:`publish` of a payload already encoded by the bus codec (sync messages encode
         at the call and send after the commit), under ``trace_id`` when given."""
+        self.check_channel(channel)
         envelope = Envelope.new(body, sender=self._instance_id, trace_id=trace_id)
         if not only_self:
             if not self._started:
@@ -233,10 +268,20 @@ class PubSubManager:
         # task of its own, as a delivery from the broker would run).
         if only_self:
             local = self._deliver(channel, envelope, self._codec.decode(body))
-            await asyncio.get_running_loop().create_task(local)
+            task = asyncio.get_running_loop().create_task(local)
+            self._run_for(task, asyncio.current_task())
+            await task
         elif not skip_self:
-            self._spawn(self._deliver(channel, envelope, self._codec.decode(body)))
+            self._tasks.spawn(
+                self._deliver(channel, envelope, self._codec.decode(body)), name="pubsub to self"
+            )
         return envelope.message_id
+
+    def check_channel(self, channel: str) -> str:
+        """Return ``channel`` if it can be a pub/sub channel of this app: a valid name whose
+        exchange ``<app>.pubsub.<channel>`` fits 127 bytes; else raise
+        :class:`~managers.errors.InvalidName` (the same in both modes)."""
+        return check_pubsub_channel(self._app, channel)
 
     # receiving -------------------------------------------------------------------------
 
@@ -310,7 +355,14 @@ class PubSubManager:
         if len(immediate) == 1:
             await immediate[0]
         elif immediate:
-            await asyncio.gather(*immediate)
+            parent = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            children = [loop.create_task(coro) for coro in immediate]
+            for child in children:  # waited for at stop like their delivery
+                self._run_for(child, parent)
+                self._inflight.add(child)
+                child.add_done_callback(self._inflight.discard)
+            await asyncio.gather(*children)
 
     async def _run_handler(self, sub: Subscription, envelope: Envelope, value: object) -> None:
         """Run one handler; the caller's context carries the delivery's log bindings."""
@@ -332,11 +384,6 @@ class PubSubManager:
             await sub.handler(payload)
         except Exception:
             self._log.exception("pubsub.handler_failed", handler=_name(sub.handler))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @property
     def pending_debounced(self) -> int:

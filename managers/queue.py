@@ -14,7 +14,7 @@ from structlog.typing import FilteringBoundLogger
 
 from managers.envelope import Envelope
 from managers.errors import BusError, PayloadError
-from managers.names import DEAD_SUFFIX, queue_name, tier_suffix
+from managers.names import DEAD_SUFFIX, MAX_DELAY, queue_name, tier_suffix
 from managers.protocols import Codec, QueueBackend
 from managers.queue_messages import (
     HEADER_ATTEMPTS,
@@ -33,9 +33,9 @@ from managers.tasks import cancel_after
 
 MAX_RETRIES = 10_000
 """The largest ``max_retries`` a message may have."""
-MAX_DELAY = 30 * 24 * 3600.0
-"""The longest ``delay`` (30 days): a delay is made of hops through the delay tiers (each at
-most ``retry_delay_max``), so longer schedules belong in a scheduler, not in a queue."""
+# MAX_DELAY (from managers.names, 30 days) is the longest ``delay``: a delay is made of hops
+# through the delay tiers (each at most ``retry_delay_max``), so longer schedules belong in a
+# scheduler, not in a queue.
 MIN_TIMEOUT = 0.001
 """The shortest ``timeout``: headers carry it in whole milliseconds."""
 
@@ -76,6 +76,7 @@ class EventQueue:
             log=log,
             tiers=self._tiers,
             context=context,
+            max_timeout=consumer_timeout,
         )
         self._started = False
         self._stopping = False
@@ -311,7 +312,7 @@ class EventQueue:
                 trace_id=envelope.trace_id,
                 attempt=0,
             )
-            return for_replay(envelope)
+            return for_replay(envelope, max_timeout=self._consumer_timeout)
 
         return await self._backend.replay(queue, select)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import reprlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from managers.envelope import Envelope
+from managers.names import MAX_DELAY
 
 HEADER_ATTEMPT = "x-attempt"
 HEADER_MAX_RETRIES = "x-max-retries"
@@ -77,19 +79,26 @@ class DeadLetter:
 
 
 # Header values are read defensively: any peer on the broker (or a caller in memory mode) can
-# forge them, and a NaN or infinite timeout would corrupt the event loop's timer heap.
+# forge them, and a NaN or infinite timeout would corrupt the event loop's timer heap. A
+# header that is present but not usable makes the message malformed (the worker parks it).
 MAX_HEADER_COUNT = 10_000
-"""Ceiling of ``x-attempt`` and ``x-max-retries`` as read (``managers.queue.MAX_RETRIES``)."""
+"""Largest ``x-attempt`` and ``x-max-retries`` accepted (``managers.queue.MAX_RETRIES``)."""
 MAX_HEADER_TIMEOUT = 24 * 3600.0
 """Default ceiling of ``x-timeout`` as read (seconds). Publishing refuses timeouts above
 ``consumer_timeout``; a reader that knows it passes it as ``max_timeout``."""
 MIN_HEADER_TIMEOUT = 0.001
 """Floor of ``x-timeout`` as read (seconds): the headers' resolution."""
-MAX_HEADER_DELAY = 30 * 24 * 3600.0
-"""How far ahead ``x-not-before`` may be, as read (``managers.queue.MAX_DELAY``)."""
+CLOCK_SLACK = 24 * 3600.0
+"""How much later than ours a publishing host's clock may be (seconds)."""
+MAX_HEADER_DELAY = MAX_DELAY + CLOCK_SLACK
+"""How far ahead ``x-not-before`` may be, as read: ``managers.names.MAX_DELAY`` plus
+:data:`CLOCK_SLACK`."""
 
 # Ints beyond this magnitude are clamped to it before becoming floats (10**400 has no float).
 _HUGE = 2**63
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 2, 40, 40
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = 4
 
 
 @dataclass(slots=True, frozen=True)
@@ -102,7 +111,9 @@ class QueueHeaders:
     not_before: float | None
     malformed: tuple[str, ...] = ()
     """Names of the headers that were present but not usable (not a finite number, or out
-    of bounds): their value above is a default or clamped."""
+    of bounds): their value above is the default. Such a message is parked, not run."""
+    reason: str = ""
+    """Why: each malformed header with its value and what it should be ("" when none)."""
 
     @classmethod
     def read(
@@ -114,44 +125,64 @@ class QueueHeaders:
     ) -> QueueHeaders:
         """Read the headers; never raises, whatever a peer forged.
 
-        Only finite int and float values are numbers (bools, strings, NaN and infinities are
-        not); an absent or malformed header takes its default, and every value is clamped:
-        ``attempt`` and ``max_retries`` to ints in ``[0, MAX_HEADER_COUNT]`` (default 0),
-        ``timeout`` to ``[MIN_HEADER_TIMEOUT, max_timeout]`` seconds (``default_timeout``
-        when absent, malformed, zero or negative), ``not_before`` to at most
-        ``MAX_HEADER_DELAY`` seconds from now (None when absent or malformed). ``malformed``
-        names the headers that needed a default or a clamp.
+        Only finite int and float values are numbers (bools, strings, NaN, infinities and
+        None are not). An *absent* header takes its default (a message from a plain producer
+        is fine): ``attempt`` and ``max_retries`` 0, ``timeout`` ``default_timeout`` (at most
+        ``max_timeout``), ``not_before`` None. A header that is *present* but not a number in
+        its bounds (``attempt`` and ``max_retries`` from 0 to ``MAX_HEADER_COUNT``,
+        ``timeout`` from ``MIN_HEADER_TIMEOUT`` to ``max_timeout`` seconds, ``not_before`` at
+        most ``MAX_HEADER_DELAY`` seconds from now) takes its default too, and is named in
+        ``malformed`` and ``reason``.
         """
-        malformed: list[str] = []
+        problems: list[tuple[str, str]] = []
 
-        def read_number(name: str, low: float, high: float, scale: float = 1.0) -> float | None:
-            raw = headers.get(name)
+        def read_number(
+            name: str, low: float, high: float, unit: str, scale: float = 1.0
+        ) -> float | None:
+            if name not in headers:
+                return None
+            raw = headers[name]
             value = _number(raw, None)
-            if value is not None:
-                value /= scale
-                if low <= value <= high:
-                    return value
-                value = min(max(value, low), high)
-            if raw is not None:
-                malformed.append(name)
-            return value
+            if value is not None and low <= value / scale <= high:
+                return value / scale
+            problems.append((name, f"{name}={_shown(raw)} (expected {unit})"))
+            return None
 
         ceiling = max_timeout if _finite_positive(max_timeout) else MAX_HEADER_TIMEOUT
         default = min(default_timeout, ceiling) if _finite_positive(default_timeout) else ceiling
-        timeout = read_number(HEADER_TIMEOUT, 0.0, ceiling, 1000)
-        if timeout is None or timeout < MIN_HEADER_TIMEOUT:
-            if timeout is not None and HEADER_TIMEOUT not in malformed:
-                malformed.append(HEADER_TIMEOUT)
-            timeout = default
-        return cls(
-            attempt=int(read_number(HEADER_ATTEMPT, 0, MAX_HEADER_COUNT) or 0),
-            max_retries=int(read_number(HEADER_MAX_RETRIES, 0, MAX_HEADER_COUNT) or 0),
-            timeout=max(timeout, MIN_HEADER_TIMEOUT),
-            not_before=read_number(
-                HEADER_NOT_BEFORE, -math.inf, time.time() + MAX_HEADER_DELAY, 1000
-            ),
-            malformed=tuple(malformed),
+        count = f"a number from 0 to {MAX_HEADER_COUNT}"
+        attempt = read_number(HEADER_ATTEMPT, 0, MAX_HEADER_COUNT, count)
+        max_retries = read_number(HEADER_MAX_RETRIES, 0, MAX_HEADER_COUNT, count)
+        timeout = read_number(
+            HEADER_TIMEOUT,
+            MIN_HEADER_TIMEOUT,
+            ceiling,
+            f"milliseconds from {to_ms(MIN_HEADER_TIMEOUT)} to {to_ms(ceiling)}",
+            1000,
         )
+        not_before = read_number(
+            HEADER_NOT_BEFORE,
+            -math.inf,
+            time.time() + MAX_HEADER_DELAY,
+            f"epoch milliseconds at most {MAX_HEADER_DELAY:g}s from now",
+            1000,
+        )
+        return cls(
+            attempt=int(attempt or 0),
+            max_retries=int(max_retries or 0),
+            timeout=float(timeout if timeout is not None else default),
+            not_before=not_before,
+            malformed=tuple(name for name, _ in problems),
+            reason="; ".join(text for _, text in problems),
+        )
+
+
+def _shown(value: object) -> str:
+    """A short repr of a header value for a reason text (never raises)."""
+    try:
+        return _SHOWN.repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def to_ms(seconds: float) -> int:
@@ -207,9 +238,13 @@ def forwarded(envelope: Envelope, **changes: Any) -> Envelope:
     return replace(envelope, headers=headers)
 
 
-def for_replay(envelope: Envelope) -> Envelope:
-    """A dead letter made ready to run again: attempt 0, failure headers dropped."""
+def for_replay(envelope: Envelope, *, max_timeout: float = MAX_HEADER_TIMEOUT) -> Envelope:
+    """A dead letter made ready to run again: attempt 0, failure headers dropped, and so are
+    the headers :meth:`QueueHeaders.read` (with ``max_timeout``) finds malformed: they take
+    their defaults, so a message parked for its headers runs when replayed."""
     changes: dict[str, Any] = dict.fromkeys(_FAILURE_HEADERS)
+    head = QueueHeaders.read(envelope.headers, MAX_HEADER_TIMEOUT, max_timeout=max_timeout)
+    changes.update(dict.fromkeys(head.malformed))
     changes[HEADER_NOT_BEFORE] = None
     changes[HEADER_ATTEMPT] = 0
     return forwarded(envelope, **changes)
@@ -223,19 +258,25 @@ def error_text(text: str) -> str:
     return raw[:MAX_ERROR_BYTES].decode("utf-8", "ignore")[:MAX_ERROR_CHARS]
 
 
-def parked(envelope: Envelope, *, error: str, attempts: int, instance: str) -> Envelope:
+def parked(
+    envelope: Envelope,
+    *,
+    error: str,
+    attempts: int,
+    instance: str,
+    drop: tuple[str, ...] = (),
+) -> Envelope:
     """``envelope`` as it goes to the dead queue, with why, how often and by whom (the error
-    text sanitised by :func:`error_text`, so any text a handler raised can be stored)."""
-    return forwarded(
-        envelope,
-        **{
-            HEADER_ERROR: error_text(error),
-            HEADER_ATTEMPTS: attempts,
-            HEADER_FAILED_BY: instance,
-            HEADER_FAILED_AT: to_ms(time.time()),
-            HEADER_NOT_BEFORE: None,
-        },
-    )
+    text sanitised by :func:`error_text`, so any text a handler raised can be stored), without
+    the headers named in ``drop`` (malformed ones: the error text shows their values, and a
+    replay gives them their defaults)."""
+    changes: dict[str, Any] = dict.fromkeys(drop)
+    changes[HEADER_ERROR] = error_text(error)
+    changes[HEADER_ATTEMPTS] = attempts
+    changes[HEADER_FAILED_BY] = instance
+    changes[HEADER_FAILED_AT] = to_ms(time.time())
+    changes[HEADER_NOT_BEFORE] = None
+    return forwarded(envelope, **changes)
 
 
 class DelayTiers:

@@ -22,6 +22,7 @@ from managers.queue_messages import (
     DUE_SLACK,
     HEADER_ATTEMPT,
     HEADER_NOT_BEFORE,
+    MAX_HEADER_TIMEOUT,
     DelayTiers,
     QueueContext,
     QueueHeaders,
@@ -78,8 +79,10 @@ class QueueWorker:
         log: FilteringBoundLogger,
         tiers: DelayTiers,
         context: dict[str, str],
+        max_timeout: float = MAX_HEADER_TIMEOUT,
     ) -> None:
         self._instance_id = instance_id
+        self._max_timeout = max_timeout
         self._codec = codec
         self._log = log
         self._tiers = tiers
@@ -134,12 +137,12 @@ class QueueWorker:
         assert task is not None
         closes = sub.closes
         try:
-            head = QueueHeaders.read(envelope.headers, DEFAULT_TIMEOUT)
-        except Exception as exc:  # whatever a peer put in the headers: park, keep consuming
-            self._log.error("queue.malformed", attempt=0, error=describe(exc))
-            await self._park(
-                sub, delivery, f"malformed headers: {describe(exc)}", attempt=0, attempts=0
-            )
+            head = await self._checked_headers(sub, delivery)
+        except Exception:  # a bug of ours must not leave the message held unacked
+            self._log.exception("queue.internal_error", attempt=0)
+            await self._requeue_later(sub, delivery, "internal error", closes)
+            return
+        if head is None:
             return
         loop = asyncio.get_running_loop()
         ctx = QueueContext(
@@ -165,6 +168,29 @@ class QueueWorker:
             await self._requeue_later(sub, delivery, "internal error", closes)
         finally:
             del sub.running[task]
+
+    async def _checked_headers(
+        self, sub: QueueSubscription, delivery: QueueDelivery
+    ) -> QueueHeaders | None:
+        """The delivery's headers; None when some are present but malformed (forged or
+        foreign: NaN, infinite, not a number, out of bounds), after parking the message with
+        a reason naming them (logged once): it never runs with made-up values. Absent headers
+        (a plain producer's message) take their defaults."""
+        try:
+            head = QueueHeaders.read(
+                delivery.envelope.headers, DEFAULT_TIMEOUT, max_timeout=self._max_timeout
+            )
+        except Exception as exc:  # (read never raises; if it did, still park, never spin)
+            head = QueueHeaders(0, 0, DEFAULT_TIMEOUT, None, ("?",), describe(exc))
+        if not head.malformed:
+            return head
+        reason = error_text(f"malformed headers: {head.reason}")
+        self._log.error("queue.malformed", attempt=head.attempt, error=reason)
+        drop = tuple(name for name in head.malformed if name in delivery.envelope.headers)
+        await self._park(
+            sub, delivery, reason, attempt=head.attempt, attempts=head.attempt, drop=drop
+        )
+        return None
 
     def _is_idle(self, sub: QueueSubscription) -> bool:
         """``sub.idle()``; a predicate that raises is logged and counts as idle (a broken
@@ -355,9 +381,17 @@ class QueueWorker:
         *,
         attempt: int,
         attempts: int,
+        drop: tuple[str, ...] = (),
     ) -> None:
-        """Dead-letter the message after ``attempts`` attempts with ``error``."""
-        dead = parked(delivery.envelope, error=error, attempts=attempts, instance=self._instance_id)
+        """Dead-letter the message after ``attempts`` attempts with ``error`` (without the
+        headers named in ``drop``)."""
+        dead = parked(
+            delivery.envelope,
+            error=error,
+            attempts=attempts,
+            instance=self._instance_id,
+            drop=drop,
+        )
         try:
             await delivery.bury(dead)
         except BusError as exc:

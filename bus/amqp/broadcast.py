@@ -18,6 +18,7 @@ from bus.amqp.topology import instance_queue, pubsub_exchange, pubsub_prefix
 from bus.amqp.transport import AmqpTransport
 from managers.envelope import Envelope
 from managers.protocols import Receiver
+from managers.tasks import TaskKeeper
 
 
 class AmqpBroadcast:
@@ -29,6 +30,11 @@ class AmqpBroadcast:
     auto-delete queue ``<app>.instance.<id>`` bound to every subscribed channel, consumed with
     prefetch ``pubsub_prefetch`` and acked after the handlers ran. aio-pika's robust channel
     re-declares the exchanges, the queue, its bindings and the consumer after a reconnect.
+
+    Each delivery runs in a task of this backend (:attr:`tasks`), not in aiormq's consumer
+    task: aiormq cancels its tasks when the channel closes, and a handler's life (waited for,
+    cancelled or abandoned at stop; a handler that stops its own bus) is the pub/sub
+    manager's call, as in memory mode and as for event queues (``bus.amqp.queues``).
     """
 
     def __init__(self, transport: AmqpTransport, log: FilteringBoundLogger) -> None:
@@ -41,6 +47,9 @@ class AmqpBroadcast:
         self._queue: AbstractRobustQueue | None = None
         self._consumer_tag: str | None = None
         self._receiver: Receiver | None = None
+        self._stopped = False
+        self.tasks = TaskKeeper(log, "amqp pubsub deliveries")
+        """Owns the delivery tasks (each runs the receiver, then acks)."""
 
     @property
     def queue_name(self) -> str:
@@ -50,6 +59,7 @@ class AmqpBroadcast:
     async def start(self, receiver: Receiver) -> None:
         """Open the consuming channel, declare the instance queue and start consuming."""
         self._receiver = receiver
+        self._stopped = False
         settings = self._transport.settings
 
         async def open_consumer() -> None:
@@ -70,7 +80,11 @@ class AmqpBroadcast:
         self._declared.clear()
 
     async def stop(self) -> None:
-        """Cancel the consumer and close the consuming channel (the queue goes with it)."""
+        """Cancel the consumer and close the consuming channel (the queue goes with it).
+
+        Deliveries already running go on (the pub/sub manager waits for them, or not when it
+        is one of them that stops the bus); none starts after this returns."""
+        self._stopped = True
         channel, self._channel = self._channel, None
         queue, self._queue = self._queue, None
         if queue is not None and self._consumer_tag is not None:
@@ -127,9 +141,17 @@ class AmqpBroadcast:
         await self._transport.bounded(f"publishing on {channel!r}", send)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Runs in aiormq's consumer task, which the channel's close cancels: hand the
+        # delivery to a task of ours at once (the broker's prefetch still bounds how many
+        # run, as each is acked only after its handlers).
+        self.tasks.spawn(self._deliver(message), name="pubsub delivery")
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
         receiver = self._receiver
         exchange = message.exchange or ""
         try:
+            if self._stopped:
+                return  # stop() returned or is under way: no delivery starts
             if receiver is None or not exchange.startswith(self._prefix):
                 self._log.warning(
                     "pubsub.unexpected_message", exchange=exchange, message_id=message.message_id
@@ -138,9 +160,14 @@ class AmqpBroadcast:
             envelope = to_envelope(message)
             await receiver(exchange[len(self._prefix) :], envelope)
         finally:
-            try:
-                await message.ack()
-            except Exception as exc:  # a dead channel: the broker has requeued or dropped it
-                self._log.warning(
-                    "pubsub.ack_failed", message_id=message.message_id, error=str(exc)
-                )
+            await self._ack(message)
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        """Ack, bounded by ``publish_timeout``; nothing to do once stopped (the channel is
+        closed, and the broker drops what the exclusive queue held)."""
+        if self._stopped:
+            return
+        try:
+            await asyncio.wait_for(message.ack(), self._transport.settings.publish_timeout)
+        except Exception as exc:  # a dead channel: the broker has requeued or dropped it
+            self._log.warning("pubsub.ack_failed", message_id=message.message_id, error=str(exc))

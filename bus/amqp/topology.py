@@ -5,25 +5,34 @@ from __future__ import annotations
 import hashlib
 import re
 
-from managers.names import DEAD_SUFFIX, tier_suffix
+from managers.names import (
+    DEAD_SUFFIX,
+    INSTANCE_SEGMENT,
+    PUBSUB_SEGMENT,
+    pubsub_name,
+    tier_suffix,
+)
 
 _PLAIN = re.compile(r"[A-Za-z0-9._-]+")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def pubsub_exchange(app: str, channel: str) -> str:
-    """Fanout exchange of pub/sub channel ``channel``: ``<app>.pubsub.<channel>``."""
-    return f"{app}.pubsub.{channel}"
+    """Fanout exchange of pub/sub channel ``channel``: ``<app>.pubsub.<channel>`` (its length
+    is checked at subscribe and publish: :func:`managers.names.check_pubsub_channel`)."""
+    return pubsub_name(app, channel)
 
 
 def pubsub_prefix(app: str) -> str:
     """The common prefix of every pub/sub exchange of ``app``."""
-    return f"{app}.pubsub."
+    return f"{app}{PUBSUB_SEGMENT}"
 
 
 def instance_queue(app: str, instance_id: str) -> str:
-    """The exclusive, auto-delete queue that receives every channel an instance subscribes to."""
-    return f"{app}.instance.{instance_id}"
+    """The exclusive, auto-delete queue that receives every channel an instance subscribes to:
+    ``<app>.instance.<id>``, within 255 bytes for any valid app (an instance id is at most
+    :data:`~managers.names.MAX_INSTANCE_ID_LENGTH` characters; ``bus.instance``)."""
+    return f"{app}{INSTANCE_SEGMENT}{instance_id}"
 
 
 def dead_queue(queue: str) -> str:
