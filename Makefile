@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint services bench clean
+.PHONY: install demo test lint services bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: install services
 	$(PY) -m benchmarks.cache
 	$(PY) -m benchmarks.queue
 	$(PY) -m benchmarks.locks
+
+## chaos: the long lock chaos run (3 processes, faults, cancellations; CLUSTERBUS_CHAOS_SECONDS=300)
+chaos: install services
+	$(PY) -m pytest -m chaos -s tests/faults/test_lock_chaos.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -29,12 +29,20 @@ class TaskKeeper:
         self._what = what
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
-        """Run ``coro`` in a task kept until it ends; an exception it raises is logged."""
+    def spawn(
+        self, coro: Coroutine[Any, Any, T], *, name: str | None = None, awaited: bool = False
+    ) -> asyncio.Task[T]:
+        """Run ``coro`` in a task kept until it ends; an exception it raises is logged, unless
+        ``awaited`` says a caller awaits the task and handles its outcome."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(self._settled if awaited else self._done)
         return task
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the awaiting caller may have been cancelled
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

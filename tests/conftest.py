@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
@@ -24,6 +25,9 @@ POSTGRES_URL = os.environ.get(
     "CLUSTERBUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 TEST_APP_PREFIX = "t-"
+# memory-mode buses save queues here unless a test names its own directory (a storage
+# directory is used by one process at a time: two test runs must not share one)
+SESSION_STORAGE = Path(tempfile.mkdtemp(prefix="clusterbus-tests-"))
 
 BusFactory = Callable[..., Awaitable[Bus]]
 
@@ -85,9 +89,7 @@ def _test_entities(kind: str) -> list[str]:
     prefixes = (TEST_APP_PREFIX, f"queue.{TEST_APP_PREFIX}")
     # only this session's: another test session may be running on the same broker
     return [
-        n
-        for n in out.split()
-        if n.startswith(prefixes) and any(app in n for app in _SESSION_APPS)
+        n for n in out.split() if n.startswith(prefixes) and any(app in n for app in _SESSION_APPS)
     ]
 
 
@@ -118,7 +120,6 @@ def _drop_test_entities() -> Iterator[None]:
 
 async def _delete_entities(exchanges: list[str], queues: list[str]) -> None:
     import aio_pika
-
     from aiormq.exceptions import AMQPError
 
     connection = await aio_pika.connect(AMQP_URL)
@@ -148,6 +149,7 @@ def unique_app() -> str:
 def fast_settings(**overrides: Any) -> Settings:
     """Settings for tests: short timeouts and debounces."""
     values: dict[str, Any] = {
+        "storage_dir": SESSION_STORAGE,  # never the working directory's .clusterbus
         "publish_timeout": 3.0,
         "connect_timeout": 5.0,
         "stop_timeout": 2.0,

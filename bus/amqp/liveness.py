@@ -38,6 +38,9 @@ class BrokerLiveness:
         self._needed = needed
         self._on_silent = on_silent
         self.budget = max(0.5, transport.settings.heartbeat / 2)
+        self.guard = 1.25 * self.budget + 0.25
+        """How long a new holder waits before entering with a token a dead channel gave
+        back: covers the old holder's budget, the probe's round trip and loop lag."""
         self._task: asyncio.Task[None] | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
 

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -72,6 +72,8 @@ class Claim:
         self.gone = asyncio.Event()
         self.gone_reason = ""
         self.background: set[asyncio.Task[None]] = set()
+        self.inflight: set[asyncio.Task[Any]] = set()  # round trips on the channel
+        self.broken = False  # a round trip failed: the channel is not reused
         self.detach: list[Callable[[], None]] = []  # removes our callbacks from the channel
         self.on_late: Callable[[Claim, AbstractIncomingMessage], None] | None = None
 
@@ -97,12 +99,22 @@ class Claim:
         """Run ``work()`` for as long as the claim lives (cancelled at the give-back)."""
 
         async def run() -> None:
-            with contextlib.suppress(Exception):
+            try:
                 await work()
+            except Exception:
+                self.broken = True
 
         task = asyncio.get_running_loop().create_task(run())
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+    def settled(self, task: asyncio.Task[Any]) -> None:
+        """Done callback of a round trip on the channel (whose caller may be gone): its
+        outcome is retrieved, and a failed one marks the channel as not reusable (aiormq
+        may have closed it without saying so yet)."""
+        self.inflight.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            self.broken = True
 
     def lose(self, reason: str) -> None:
         """The consumer is gone (channel closed, consumer cancelled by the broker, broker

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -32,6 +33,8 @@ from managers.envelope import new_message_id
 from managers.errors import BusError, BusUnavailable, LockAcquireError
 from managers.protocols import LostCallback
 from managers.tasks import TaskKeeper
+
+T = TypeVar("T")
 
 LOCK_EXPIRES_MS = 60_000  # an idle key's queue (no consumer) is deleted after this
 HEAL_INTERVAL = 2.0  # a waiter publishes a fresh token this often (heals a lost token)
@@ -90,17 +93,43 @@ class AmqpLocks:
     # channels ------------------------------------------------------------------------------
 
     async def _open_channel(self) -> aio_pika.abc.AbstractChannel:
+        """A channel for a claim: a kept one, or a new one. Opening runs shielded from the
+        caller's cancellation (a ``channel.open`` cut short leaves the broker expecting it
+        and the broker then closes the whole connection); a channel opened for a caller
+        that was cancelled meanwhile is kept for the next claim."""
         while self._idle:
             channel = self._idle.pop()
             if not channel.is_closed:
                 return channel
+        opening = self._keeper.spawn(
+            self._new_channel(), name="opening a lock channel", awaited=True
+        )
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(self._keep_opened)
+            raise
+
+    async def _new_channel(self) -> aio_pika.abc.AbstractChannel:
         channel = aio_pika.Channel(self._transport.connection, publisher_confirms=True)
         try:
             await self._transport.bounded("opening a lock channel", channel.initialize)
-        except BaseException:
+        except BusError:
             await self._close_channel(channel)
             raise
+        except Exception as exc:  # aiormq can raise a bare Exception on a closing connection
+            await self._close_channel(channel)
+            raise BusUnavailable(f"opening a lock channel failed: {exc!r}") from exc
         return channel
+
+    def _keep_opened(self, opening: asyncio.Task[aio_pika.abc.AbstractChannel]) -> None:
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        channel = opening.result()
+        if len(self._idle) < IDLE_CHANNELS and not self._stopping:
+            self._idle.append(channel)
+        else:
+            self._keeper.spawn(self._close_channel(channel), name="closing a lock channel")
 
     def _watch(self, claim: Claim) -> None:
         """Tell ``claim`` when its channel closes or the broker cancels its consumer."""
@@ -175,11 +204,11 @@ class AmqpLocks:
     async def _wait_in_line(self, claim: Claim, deadline: float | None, *, trying: bool) -> None:
         """Consume the key's queue until the token comes; raises when the claim went away
         before that (:class:`_Gone`) or the key is held (``trying``) or the time is up."""
-        bounded = self._transport.bounded
         channel, name = claim.channel, claim.queue_name
         await self._on_broker_cancel(claim)
         if trying:  # asks the broker whether anyone holds or waits: one round trip
-            queue = await bounded(
+            queue = await self._rpc(
+                claim,
                 f"declaring lock queue {name!r}",
                 lambda: channel.declare_queue(name, durable=True, arguments=LOCK_QUEUE_ARGUMENTS),
             )
@@ -188,25 +217,62 @@ class AmqpLocks:
                 raise LockAcquireError(f"lock {claim.key!r} is held")
         else:  # declared without waiting: the consume behind it on the channel is the answer
             underlay = await channel.get_underlay_channel()
-            await bounded(
+            await self._rpc(
+                claim,
                 f"declaring lock queue {name!r}",
                 lambda: underlay.queue_declare(
                     name, durable=True, arguments=LOCK_QUEUE_ARGUMENTS, nowait=True
                 ),
             )
             queue = await channel.get_queue(name, ensure=False)
-        claim.tag = await bounded(
-            f"waiting on lock queue {name!r}", lambda: queue.consume(claim.on_message)
-        )
+
+        async def consume() -> None:  # the tag is recorded even if the caller is gone
+            claim.tag = await queue.consume(claim.on_message)
+
+        await self._rpc(claim, f"waiting on lock queue {name!r}", consume)
         claim.proposal = now_us()
         claim.spawn(functools.partial(self._publish_token, claim, claim.proposal))
         limit = deadline
         if trying:
             limit = asyncio.get_running_loop().time() + TRY_WAIT
         first = await self._first_token(claim, limit)
-        await self._take(claim, first)
+        if await self._take(claim, first):
+            await self._guard(claim)
+        await self._confirm_alive(claim)
         if claim.gone.is_set():  # lost between the delivery and now: not ours
             raise _Gone(claim.gone_reason)
+
+    async def _guard(self, claim: Claim) -> None:
+        """A token that comes back ``redelivered`` was in the hand of a consumer whose
+        channel died (a graceful give-back publishes a fresh one). Its holder may not know
+        yet: a silent network tells it within the liveness budget. Enter only after that."""
+        guard = self._liveness.guard
+        self._log.info("lock.guarding", key=claim.key, seconds=guard)
+        try:
+            async with asyncio.timeout(guard):
+                await claim.gone.wait()
+        except TimeoutError:
+            return
+        raise _Gone(claim.gone_reason)
+
+    async def _confirm_alive(self, claim: Claim) -> None:
+        """One round trip on the claim's channel after the token came: the broker answers
+        only while the channel lives, so at that moment the token was still ours (a
+        delivery held up in the network may reach a connection the broker already closed
+        and whose token it already handed on)."""
+        underlay = await claim.channel.get_underlay_channel()
+        await self._rpc(
+            claim, f"confirming lock {claim.key!r}", lambda: underlay.basic_qos(prefetch_count=0)
+        )
+
+    async def _rpc(self, claim: Claim, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """A bounded broker round trip on ``claim``'s channel that the caller's cancellation
+        does not interrupt (aiormq closes a channel whose round trip was cancelled, and the
+        token it held would come back ``redelivered``); the give-back waits for it."""
+        task = asyncio.get_running_loop().create_task(self._transport.bounded(what, operation))
+        claim.inflight.add(task)
+        task.add_done_callback(claim.settled)
+        return await asyncio.shield(task)
 
     async def _publish_token(self, claim: Claim, token: int) -> None:
         message_id = new_message_id()
@@ -258,10 +324,11 @@ class AmqpLocks:
         getting.cancel()
         return None
 
-    async def _take(self, claim: Claim, first: AbstractIncomingMessage) -> None:
+    async def _take(self, claim: Claim, first: AbstractIncomingMessage) -> bool:
         """We are the active consumer: the lock is ours. Our generation is above every token
         seen; the token we keep must carry it (so that a crash hands it on), so when the one
-        in hand does not, our own token (or a fresh one) replaces it in the background."""
+        in hand does not, our own token (or a fresh one) replaces it in the background.
+        Returns whether any token seen came back ``redelivered``."""
         seen = [first]
         while not claim.inbox.empty():
             seen.append(claim.inbox.get_nowait())
@@ -275,6 +342,7 @@ class AmqpLocks:
                 await quietly(message.ack)
         if token_of(keep) < token:
             claim.spawn(functools.partial(self._publish_token, claim, token))
+        return any(m.redelivered for m in seen)
 
     # giving back ---------------------------------------------------------------------------
 
@@ -285,8 +353,6 @@ class AmqpLocks:
             return
         claim.state = "closed"
         self._claims.discard(claim)
-        for task in list(claim.background):
-            task.cancel()
         await self._keeper.shielded(
             functools.partial(self._give_back, claim),
             timeout=self.cleanup_timeout,
@@ -297,6 +363,9 @@ class AmqpLocks:
     async def _give_back(self, claim: Claim) -> None:
         channel = claim.channel
         clean = False
+        pending = claim.inflight | claim.background
+        if pending:  # each is bounded; none is cut short (that would close the channel)
+            await asyncio.wait(pending)
         try:
             if not channel.is_closed:
                 tag, claim.tag = claim.tag, None
@@ -322,7 +391,8 @@ class AmqpLocks:
         finally:
             for detach in claim.detach:
                 detach()
-            if clean and not channel.is_closed and len(self._idle) < IDLE_CHANNELS:
+            reusable = clean and not claim.broken and not channel.is_closed
+            if reusable and len(self._idle) < IDLE_CHANNELS:
                 self._idle.append(channel)  # no consumer, nothing unacked: reusable
             else:
                 await self._close_channel(channel)

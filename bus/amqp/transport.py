@@ -146,9 +146,11 @@ class AmqpTransport:
                 late = self._deadlines.leave(token)
                 if late:
                     task.uncancel()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if late:
                 raise self._unavailable(what, TimeoutError("no answer")) from None
+            if not task.cancelling():  # aiormq re-raises a dead connection's CancelledError
+                raise self._unavailable(what, ConnectionError("the connection closed")) from exc
             raise
         except REFUSED_ERRORS as exc:
             raise BusError(f"{what}: RabbitMQ refused it: {type(exc).__name__}: {exc}") from exc

@@ -15,6 +15,7 @@ from bus.amqp import AmqpBroadcast, AmqpTransport
 from tests.amqp.broker import queue_info, rabbitmqctl
 from tests.amqp.proxy import BrokerProxy
 from tests.conftest import Recorder, eventually, fast_settings, unique_app
+from tests.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.amqp
 
@@ -104,21 +105,22 @@ async def test_returned_mandatory_publish_is_an_error(amqp_url: str) -> None:
         assert not isinstance(info.value, BusUnavailable)
 
 
-async def test_consumers_come_back_after_the_broker_drops_every_connection(
+async def test_consumers_come_back_after_every_connection_drops(
     amqp_url: str,
 ) -> None:
     app = unique_app()
     settings = fast_settings()
     async with (
-        Bus(app, amqp_url=amqp_url, settings=settings) as a,
-        Bus(app, amqp_url=amqp_url, settings=settings) as b,
+        FaultProxy.in_front_of(amqp_url) as proxy,
+        Bus(app, amqp_url=proxy.url(), settings=settings) as a,
+        Bus(app, amqp_url=proxy.url(), settings=settings) as b,
     ):
         rec = Recorder()
         await b.pubsub.subscribe("news", rec)
         await a.pubsub.publish("news", "before")
         await rec.wait_for(1)
 
-        await rabbitmqctl("close_all_connections", "clusterbus test: reconnect")
+        await proxy.cut(refuse=False)  # every connection of both buses drops at once
         await eventually(lambda: transport_of(b).reconnects >= 1, timeout=30, what="reconnect")
 
         sent = 0
