@@ -13,6 +13,7 @@ from aio_pika.abc import (
 )
 from structlog.typing import FilteringBoundLogger
 
+from bus.amqp.declarations import Declarations
 from bus.amqp.envelopes import to_envelope, to_message
 from bus.amqp.topology import instance_queue, pubsub_exchange, pubsub_prefix
 from bus.amqp.transport import AmqpTransport
@@ -42,7 +43,6 @@ class AmqpBroadcast:
         self._log = log
         self._app = transport.app
         self._prefix = pubsub_prefix(transport.app)
-        self._declared: dict[str, AbstractExchange] = {}
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractRobustQueue | None = None
         self._consumer_tag: str | None = None
@@ -50,6 +50,9 @@ class AmqpBroadcast:
         self._stopped = False
         self.tasks = TaskKeeper(log, "amqp pubsub deliveries")
         """Owns the delivery tasks (each runs the receiver, then acks)."""
+        self._declared: Declarations[AbstractExchange] = Declarations(
+            TaskKeeper(log, "amqp pubsub declarations"), transport.settings.publish_timeout
+        )
 
     @property
     def queue_name(self) -> str:
@@ -131,11 +134,13 @@ class AmqpBroadcast:
 
         async def send() -> None:
             exchange = self._declared.get(channel)
-            if exchange is None:
-                exchange = await self._transport.publish_channel.declare_exchange(
-                    pubsub_exchange(self._app, channel), aio_pika.ExchangeType.FANOUT
+            if exchange is None:  # once per channel, shielded: see bus.amqp.declarations
+                exchange = await self._declared.ensure(
+                    channel,
+                    lambda: self._transport.publish_channel.declare_exchange(
+                        pubsub_exchange(self._app, channel), aio_pika.ExchangeType.FANOUT
+                    ),
                 )
-                self._declared[channel] = exchange
             await exchange.publish(message, routing_key="", mandatory=False)
 
         await self._transport.bounded(f"publishing on {channel!r}", send)

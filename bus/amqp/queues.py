@@ -16,6 +16,7 @@ from aio_pika.abc import (
 )
 from structlog.typing import FilteringBoundLogger
 
+from bus.amqp.declarations import Declarations
 from bus.amqp.envelopes import to_envelope, to_message
 from bus.amqp.topology import dead_queue, delay_queue
 from bus.amqp.transport import AmqpTransport
@@ -39,11 +40,13 @@ class AmqpQueues:
         self._transport = transport
         self._log = log
         self._settings = transport.settings
-        self._declared: set[str] = set()
         self._topology: AbstractRobustChannel | None = None
         self._consumers: set[AmqpQueueConsumer] = set()
         self.tasks = TaskKeeper(log, "amqp queues")
         """Owns the consumers' delivery tasks and their shielded, bounded channel closes."""
+        self._declared: Declarations[None] = Declarations(
+            self.tasks, transport.settings.publish_timeout
+        )
 
     # topology --------------------------------------------------------------------------
 
@@ -67,14 +70,16 @@ class AmqpQueues:
         return self._topology
 
     async def _ensure(self, name: str, *, tier_of: str | None = None, ttl: float = 0) -> None:
-        """Declare ``name`` once per connection of this backend (durable, fixed arguments)."""
-        if name in self._declared:
-            return
-        channel = await self._channel()
-        await channel.declare_queue(
-            name, durable=True, arguments=self.arguments(tier_of=tier_of, ttl=ttl)
-        )
-        self._declared.add(name)
+        """Declare ``name`` once per connection of this backend (durable, fixed arguments),
+        shielded from the caller's cancellation (see :mod:`bus.amqp.declarations`)."""
+
+        async def declare() -> None:
+            channel = await self._channel()
+            await channel.declare_queue(
+                name, durable=True, arguments=self.arguments(tier_of=tier_of, ttl=ttl)
+            )
+
+        await self._declared.ensure(name, declare)
 
     # lifecycle -------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import pytest
@@ -21,8 +21,11 @@ def store(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+MakeCache = Callable[..., Awaitable[tuple[Bus, Cache]]]
+
+
 @pytest.fixture
-async def make_cache(make_bus: BusFactory, store: str) -> Any:
+async def make_cache(make_bus: BusFactory, store: str) -> AsyncIterator[MakeCache]:
     """Factory of (bus, cache) pairs: the same cache name on new instances of one app."""
     from tests.conftest import REDIS_URL
 

@@ -13,38 +13,13 @@ from typing import Any
 import anyio
 import pytest
 
-from bus import Bus, InvalidName, MemoryHub, PayloadError
+from bus import InvalidName, MemoryHub, PayloadError
 from managers.cache import Cache
 from plugins import App, Plugin
-from tests.conftest import AMQP_URL, REDIS_URL, BusFactory, eventually, fast_settings, unique_app
+from tests.conftest import AMQP_URL, eventually, fast_settings, unique_app
+from tests.shared.test_cache import MakeCache, make_cache, store
 
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> str:
-    """Runs a test once per cache store; the redis run needs the local Redis."""
-    if request.param == "redis":
-        request.getfixturevalue("redis_url")
-    return str(request.param)
-
-
-MakeCache = Callable[..., Awaitable[tuple[Bus, Cache]]]
-
-
-@pytest.fixture
-async def make_cache(make_bus: BusFactory, store: str) -> AsyncIterator[MakeCache]:
-    """Factory of (bus, cache) pairs on new instances of one app, on the chosen store."""
-    made: list[Cache] = []
-
-    async def make(name: str = "users", **options: Any) -> tuple[Bus, Cache]:
-        bus = await make_bus(redis_url=REDIS_URL)
-        cache = await bus.cache_manager.create_cache(name, store=store, **options)  # type: ignore[arg-type]
-        made.append(cache)
-        return bus, cache
-
-    yield make
-    for cache in made:  # leave nothing behind in the shared Redis
-        if cache.store.shared:
-            await cache.reset()
+__all__ = ["make_cache", "store"]  # the fixtures, shared with test_cache.py
 
 
 class SpyStore:
