@@ -168,20 +168,14 @@ async def test_locks_never_overlap_under_faults_short(
     _verdict(report, min_acquisitions=50)
 
 
-def _chaos_selected(config: pytest.Config) -> bool:
-    expression = str(config.getoption("markexpr") or "")
-    selected = "chaos" in expression and "not chaos" not in expression
-    return selected or os.environ.get("CLUSTERBUS_CHAOS") == "1"
-
-
 @pytest.mark.chaos
 @pytest.mark.amqp
 @pytest.mark.timeout(7200)
 async def test_locks_never_overlap_under_faults_long(
-    amqp_url: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+    amqp_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    if not _chaos_selected(request.config):
-        pytest.skip("the long lock chaos run is on demand: `make chaos` (pytest -m chaos)")
+    """Deselected by default (pyproject's addopts: ``-m "not chaos"``); ``make chaos`` runs
+    it (a later ``-m`` replaces the default one)."""
     seconds = float(os.environ.get("CLUSTERBUS_CHAOS_SECONDS", "300"))
     report = await run_lock_chaos(_config(seconds, tmp_path))
     _verdict(report, min_acquisitions=int(seconds * 5))
