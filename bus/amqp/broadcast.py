@@ -16,7 +16,7 @@ from structlog.typing import FilteringBoundLogger
 from bus.amqp.declarations import Declarations
 from bus.amqp.envelopes import to_envelope, to_message
 from bus.amqp.topology import instance_queue, pubsub_exchange, pubsub_prefix
-from bus.amqp.transport import AmqpTransport
+from bus.amqp.transport import AmqpTransport, quietly
 from managers.envelope import Envelope
 from managers.protocols import Receiver
 from managers.tasks import TaskKeeper
@@ -99,10 +99,7 @@ class AmqpBroadcast:
                 self._log.warning("pubsub.cancel_failed", error=str(exc))
         self._consumer_tag = None
         if channel is not None:
-            try:
-                await asyncio.wait_for(channel.close(), self._transport.settings.publish_timeout)
-            except Exception as exc:
-                self._log.warning("pubsub.close_failed", error=str(exc))
+            await quietly(channel.close, self._transport.settings.publish_timeout)
 
     async def bind(self, channel: str) -> None:
         """Bind the instance queue to ``channel``'s exchange (declared on the consuming channel

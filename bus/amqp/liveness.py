@@ -18,7 +18,7 @@ from collections.abc import Callable
 import aio_pika
 from structlog.typing import FilteringBoundLogger
 
-from bus.amqp.transport import AmqpTransport
+from bus.amqp.transport import AmqpTransport, quietly
 
 
 class BrokerLiveness:
@@ -83,9 +83,7 @@ class BrokerLiveness:
     async def _drop_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.budget):
-                    await channel.close()
+            await quietly(channel.close, self.budget)
 
     async def stop(self) -> None:
         """Stop probing and close the probe channel."""

@@ -5,7 +5,6 @@ times out or a cancelled waiter affects this claim and no other key's."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -13,6 +12,7 @@ from typing import Any, Literal
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from bus.amqp.transport import quietly
 from managers.protocols import LostCallback
 
 HEADER_TOKEN = "x-lock-token"
@@ -36,12 +36,6 @@ def token_of(message: AbstractIncomingMessage) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GENERATION:
         return 0
     return value
-
-
-async def quietly(operation: Callable[[], Awaitable[object]]) -> None:
-    """Ack/nack/publish that may meet a dead channel (then the broker has requeued already)."""
-    with contextlib.suppress(Exception):
-        await operation()
 
 
 class Claim:

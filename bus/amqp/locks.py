@@ -16,7 +16,6 @@ any step fails or times out the channel is closed, and the broker requeues what 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,9 +25,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from structlog.typing import FilteringBoundLogger
 
 from bus.amqp.liveness import BrokerLiveness
-from bus.amqp.lock_claims import HEADER_TOKEN, Claim, now_us, quietly, token_of
+from bus.amqp.lock_claims import HEADER_TOKEN, Claim, now_us, token_of
 from bus.amqp.topology import lock_queue
-from bus.amqp.transport import AmqpTransport
+from bus.amqp.transport import AmqpTransport, quietly
 from managers.envelope import new_message_id
 from managers.errors import BusError, BusUnavailable, LockAcquireError
 from managers.protocols import LostCallback
@@ -153,11 +152,8 @@ class AmqpLocks:
         claim.detach.append(lambda: underlay.on_consumer_cancel_callbacks.discard(cancelled))
 
     async def _close_channel(self, channel: aio_pika.abc.AbstractChannel) -> None:
-        if channel.is_closed:
-            return
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self._transport.settings.publish_timeout):
-                await channel.close()
+        if not channel.is_closed:
+            await quietly(channel.close, self._transport.settings.publish_timeout)
 
     # acquiring ---------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from structlog.typing import FilteringBoundLogger
 from bus.amqp.declarations import Declarations
 from bus.amqp.envelopes import to_envelope, to_message
 from bus.amqp.topology import dead_queue, delay_queue
-from bus.amqp.transport import AmqpTransport
+from bus.amqp.transport import AmqpTransport, quietly
 from managers.envelope import Envelope
 from managers.errors import BusError, BusUnavailable
 from managers.protocols import QueueReceiver
@@ -350,8 +350,7 @@ class AmqpQueueConsumer:
             return
 
         async def close() -> None:
-            with contextlib.suppress(Exception):
-                await channel.close()
+            await quietly(channel.close)
 
         await self._backend.tasks.shielded(
             close,

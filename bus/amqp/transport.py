@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -164,6 +163,22 @@ class AmqpTransport:
         )
 
 
+async def quietly(operation: Callable[[], Awaitable[object]], timeout: float | None = None) -> None:
+    """Run a clean-up operation (close, ack, nack) whose failure changes nothing (on a dead
+    channel or connection the broker has cleaned up already), within ``timeout``.
+
+    aiormq re-raises a dead connection's ``CancelledError`` to whoever waits on it: that is a
+    failure like any other here, while a cancellation of the calling task propagates."""
+    task = asyncio.current_task()
+    try:
+        async with asyncio.timeout(timeout):
+            await operation()
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise
+    except Exception:
+        pass
+
+
 async def _close_quietly(connection: Any) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(connection.close(), timeout=5)
+    await quietly(connection.close, timeout=5)
