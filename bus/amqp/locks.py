@@ -232,9 +232,17 @@ class AmqpLocks:
         if trying:
             limit = asyncio.get_running_loop().time() + TRY_WAIT
         first = await self._first_token(claim, limit)
-        if await self._take(claim, first):
+        redelivered, carry = await self._take(claim, first)
+        if redelivered:
             await self._guard(claim)
-        await self._confirm_alive(claim)
+        if carry:  # our generation's token: its confirm is the confirming round trip
+            await self._rpc(
+                claim,
+                f"publishing a token of lock {claim.key!r}",
+                functools.partial(self._send_token, claim, claim.token),
+            )
+        else:
+            await self._confirm_alive(claim)
         if claim.gone.is_set():  # lost between the delivery and now: not ours
             raise _Gone(claim.gone_reason)
 
@@ -271,6 +279,13 @@ class AmqpLocks:
         return await asyncio.shield(task)
 
     async def _publish_token(self, claim: Claim, token: int) -> None:
+        await self._transport.bounded(
+            f"publishing a token of lock {claim.key!r}",
+            functools.partial(self._send_token, claim, token),
+        )
+
+    async def _send_token(self, claim: Claim, token: int) -> None:
+        """Publish a token carrying ``token`` to the claim's queue; returns on its confirm."""
         message_id = new_message_id()
         claim.own.add(message_id)
         message = aio_pika.Message(
@@ -279,10 +294,7 @@ class AmqpLocks:
             headers={HEADER_TOKEN: token},
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         )
-        await self._transport.bounded(
-            f"publishing a token of lock {claim.key!r}",
-            lambda: claim.channel.default_exchange.publish(message, routing_key=claim.queue_name),
-        )
+        await claim.channel.default_exchange.publish(message, routing_key=claim.queue_name)
 
     async def _first_token(self, claim: Claim, deadline: float | None) -> AbstractIncomingMessage:
         """The first delivery (we are the active consumer), publishing a fresh token every
@@ -320,11 +332,12 @@ class AmqpLocks:
         getting.cancel()
         return None
 
-    async def _take(self, claim: Claim, first: AbstractIncomingMessage) -> bool:
+    async def _take(self, claim: Claim, first: AbstractIncomingMessage) -> tuple[bool, bool]:
         """We are the active consumer: the lock is ours. Our generation is above every token
         seen; the token we keep must carry it (so that a crash hands it on), so when the one
-        in hand does not, our own token (or a fresh one) replaces it in the background.
-        Returns whether any token seen came back ``redelivered``."""
+        in hand does not, the caller publishes one that does (adopted in ``on_message``).
+        Returns (whether any token seen came back ``redelivered``, whether a token carrying
+        our generation must be published)."""
         seen = [first]
         while not claim.inbox.empty():
             seen.append(claim.inbox.get_nowait())
@@ -336,9 +349,7 @@ class AmqpLocks:
         for message in seen:
             if message is not keep:
                 await quietly(message.ack)
-        if token_of(keep) < token:
-            claim.spawn(functools.partial(self._publish_token, claim, token))
-        return any(m.redelivered for m in seen)
+        return any(m.redelivered for m in seen), token_of(keep) < token
 
     # giving back ---------------------------------------------------------------------------
 
@@ -359,6 +370,7 @@ class AmqpLocks:
     async def _give_back(self, claim: Claim) -> None:
         channel = claim.channel
         clean = False
+        hand_on: int | None = None
         pending = claim.inflight | claim.background
         if pending:  # each is bounded; none is cut short (that would close the channel)
             await asyncio.wait(pending)
@@ -374,24 +386,46 @@ class AmqpLocks:
                 await asyncio.sleep(0)  # deliveries that raced the cancel run their callbacks
                 received = claim.received()
                 claim.collected = True
-                if received:  # hand on a token that carries our generation, drop ours
-                    generation = max(claim.token, *(token_of(m) for m in received))
-                    await self._publish_token(claim, generation)
-                    for message in received:
-                        await self._transport.bounded(
-                            f"acking a token of lock {claim.key!r}", message.ack
-                        )
+                for message in received:  # acks have no answer: nothing to wait for
+                    await self._transport.bounded(
+                        f"acking a token of lock {claim.key!r}", message.ack
+                    )
+                if received:  # the next holder's token carries our generation
+                    hand_on = max(claim.token, *(token_of(m) for m in received))
                 clean = True
         except BusError as exc:  # the channel goes: the broker requeues what we held
             self._log.warning("lock.give_back_failed", key=claim.key, error=str(exc))
         finally:
             for detach in claim.detach:
                 detach()
-            reusable = clean and not claim.broken and not channel.is_closed
-            if reusable and len(self._idle) < IDLE_CHANNELS:
-                self._idle.append(channel)  # no consumer, nothing unacked: reusable
+            if clean and hand_on is not None:  # the caller need not wait for its confirm
+                self._keeper.spawn(
+                    self._hand_on(claim, hand_on), name=f"handing on lock {claim.key!r}"
+                )
             else:
-                await self._close_channel(channel)
+                await self._retire(claim, clean=clean)
+
+    async def _hand_on(self, claim: Claim, generation: int) -> None:
+        """Publish the next holder's token, then retire the channel. If the channel dies
+        first, the token is gone with it: a waiter publishes a fresh one within
+        ``HEAL_INTERVAL``."""
+        try:
+            await self._publish_token(claim, generation)
+        except BusError as exc:
+            self._log.warning("lock.hand_on_failed", key=claim.key, error=str(exc))
+            await self._retire(claim, clean=False)
+            return
+        await self._retire(claim, clean=True)
+
+    async def _retire(self, claim: Claim, *, clean: bool) -> None:
+        """Keep the channel of an ended claim for the next one (no consumer, nothing
+        unacked, no failure seen on it) or close it."""
+        channel = claim.channel
+        reusable = clean and not claim.broken and not channel.is_closed
+        if reusable and len(self._idle) < IDLE_CHANNELS:
+            self._idle.append(channel)
+        else:
+            await self._close_channel(channel)
 
     def _on_late(self, claim: Claim, message: AbstractIncomingMessage) -> None:
         """A token delivered after the give-back began: the give-back settles it, or, once

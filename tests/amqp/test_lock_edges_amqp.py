@@ -23,7 +23,7 @@ else:
 
 pytestmark = [pytest.mark.amqp, pytest.mark.timeout(180)]
 
-Take = Callable[[AmqpLocks, Claim, AbstractIncomingMessage], Awaitable[bool]]
+Take = Callable[[AmqpLocks, Claim, AbstractIncomingMessage], Awaitable[tuple[bool, bool]]]
 
 
 async def consumers(raw: AbstractChannel, queue: str) -> tuple[int, int]:
@@ -44,15 +44,17 @@ async def test_a_claim_whose_channel_dies_after_delivery_is_never_handed_over(
     original: Take = AmqpLocks._take
     injected: list[str] = []
 
-    async def take_then_die(self: AmqpLocks, claim: Claim, first: AbstractIncomingMessage) -> bool:
+    async def take_then_die(
+        self: AmqpLocks, claim: Claim, first: AbstractIncomingMessage
+    ) -> tuple[bool, bool]:
         if not injected and when == "before_take":
             injected.append(claim.key)
             await claim.channel.close()
-        redelivered = await original(self, claim, first)
+        taken = await original(self, claim, first)
         if not injected and when == "after_take":
             injected.append(claim.key)
             await claim.channel.close()
-        return redelivered
+        return taken
 
     async with (
         Bus(app, amqp_url=amqp_url, settings=settings) as a,
