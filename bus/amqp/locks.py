@@ -445,14 +445,15 @@ class AmqpLocks:
     async def stop(self) -> None:
         """Tell every holder its lease is lost, give back every claim, stop probing."""
         self._stopping = True
-        for claim in list(self._claims):
+        claims = list(self._claims)
+        for claim in claims:
             claim.lose("bus stopping")
-            await self.give_back(claim)
+        # concurrently: each is bounded, and a dead broker must not cost one bound per claim
+        await asyncio.gather(*(self.give_back(claim) for claim in claims))
         await self._keeper.drain(self.cleanup_timeout)
         await self._liveness.stop()
         idle, self._idle = self._idle, []
-        for channel in idle:
-            await self._close_channel(channel)
+        await asyncio.gather(*(self._close_channel(channel) for channel in idle))
 
 
 def _put_back(claim: Claim, getting: asyncio.Future[AbstractIncomingMessage]) -> None:
