@@ -25,6 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from structlog.typing import FilteringBoundLogger
 
 from bus.amqp.liveness import BrokerLiveness
+from bus.amqp.lock_channels import LockChannels
 from bus.amqp.lock_claims import HEADER_TOKEN, Claim, now_us, token_of
 from bus.amqp.topology import lock_queue
 from bus.amqp.transport import AmqpTransport, quietly
@@ -39,7 +40,6 @@ LOCK_EXPIRES_MS = 60_000  # an idle key's queue (no consumer) is deleted after t
 HEAL_INTERVAL = 2.0  # a waiter publishes a fresh token this often (heals a lost token)
 TRY_WAIT = 0.5  # try_acquire(timeout=0): how long a free key may take to hand its token over
 RETRY_PAUSE = 0.2  # between attempts after the channel or the queue went away
-IDLE_CHANNELS = 4  # channels of cleanly ended claims kept for the next claims
 # Lock queues: single active consumer; deleted after LOCK_EXPIRES_MS without a consumer;
 # classic (quorum queues would count requeues towards a delivery limit in RabbitMQ 4).
 LOCK_QUEUE_ARGUMENTS: dict[str, Any] = {
@@ -70,8 +70,8 @@ class AmqpLocks:
         self._transport = transport
         self._log = log
         self._claims: set[Claim] = set()
-        self._idle: list[aio_pika.abc.AbstractChannel] = []
         self._keeper = TaskKeeper(log, "locks")
+        self._channels = LockChannels(transport, self._keeper)
         self._stopping = False
         self._liveness = BrokerLiveness(
             transport, log, needed=self._holding, on_silent=self._lose_holders
@@ -90,45 +90,6 @@ class AmqpLocks:
         return 2 * self._transport.settings.publish_timeout
 
     # channels ------------------------------------------------------------------------------
-
-    async def _open_channel(self) -> aio_pika.abc.AbstractChannel:
-        """A channel for a claim: a kept one, or a new one. Opening runs shielded from the
-        caller's cancellation (a ``channel.open`` cut short leaves the broker expecting it
-        and the broker then closes the whole connection); a channel opened for a caller
-        that was cancelled meanwhile is kept for the next claim."""
-        while self._idle:
-            channel = self._idle.pop()
-            if not channel.is_closed:
-                return channel
-        opening = self._keeper.spawn(
-            self._new_channel(), name="opening a lock channel", awaited=True
-        )
-        try:
-            return await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            opening.add_done_callback(self._keep_opened)
-            raise
-
-    async def _new_channel(self) -> aio_pika.abc.AbstractChannel:
-        channel = aio_pika.Channel(self._transport.connection, publisher_confirms=True)
-        try:
-            await self._transport.bounded("opening a lock channel", channel.initialize)
-        except BusError:
-            await self._close_channel(channel)
-            raise
-        except Exception as exc:  # aiormq can raise a bare Exception on a closing connection
-            await self._close_channel(channel)
-            raise BusUnavailable(f"opening a lock channel failed: {exc!r}") from exc
-        return channel
-
-    def _keep_opened(self, opening: asyncio.Task[aio_pika.abc.AbstractChannel]) -> None:
-        if opening.cancelled() or opening.exception() is not None:
-            return
-        channel = opening.result()
-        if len(self._idle) < IDLE_CHANNELS and not self._stopping:
-            self._idle.append(channel)
-        else:
-            self._keeper.spawn(self._close_channel(channel), name="closing a lock channel")
 
     def _watch(self, claim: Claim) -> None:
         """Tell ``claim`` when its channel closes or the broker cancels its consumer."""
@@ -150,10 +111,6 @@ class AmqpLocks:
 
         underlay.on_consumer_cancel_callbacks.add(cancelled)
         claim.detach.append(lambda: underlay.on_consumer_cancel_callbacks.discard(cancelled))
-
-    async def _close_channel(self, channel: aio_pika.abc.AbstractChannel) -> None:
-        if not channel.is_closed:
-            await quietly(channel.close, self._transport.settings.publish_timeout)
 
     # acquiring ---------------------------------------------------------------------------
 
@@ -185,7 +142,7 @@ class AmqpLocks:
         self, key: str, deadline: float | None, on_lost: LostCallback, *, trying: bool
     ) -> Claim:
         name = lock_queue(self._transport.app, key)
-        claim = Claim(key, name, await self._open_channel())
+        claim = Claim(key, name, await self._channels.open())
         claim.on_lost = on_lost
         claim.on_late = self._on_late
         self._claims.add(claim)
@@ -363,7 +320,7 @@ class AmqpLocks:
         await self._keeper.shielded(
             functools.partial(self._give_back, claim),
             timeout=self.cleanup_timeout,
-            on_timeout=functools.partial(self._close_channel, claim.channel),
+            on_timeout=functools.partial(self._channels.close, claim.channel),
             what=f"giving back lock {claim.key!r}",
         )
 
@@ -420,12 +377,10 @@ class AmqpLocks:
     async def _retire(self, claim: Claim, *, clean: bool) -> None:
         """Keep the channel of an ended claim for the next one (no consumer, nothing
         unacked, no failure seen on it) or close it."""
-        channel = claim.channel
-        reusable = clean and not claim.broken and not channel.is_closed
-        if reusable and len(self._idle) < IDLE_CHANNELS:
-            self._idle.append(channel)
+        if clean and not claim.broken:
+            await self._channels.keep(claim.channel)
         else:
-            await self._close_channel(channel)
+            await self._channels.close(claim.channel)
 
     def _on_late(self, claim: Claim, message: AbstractIncomingMessage) -> None:
         """A token delivered after the give-back began: the give-back settles it, or, once
@@ -444,7 +399,7 @@ class AmqpLocks:
 
     async def stop(self) -> None:
         """Tell every holder its lease is lost, give back every claim, stop probing."""
-        self._stopping = True
+        self._stopping = self._channels.closing = True
         claims = list(self._claims)
         for claim in claims:
             claim.lose("bus stopping")
@@ -452,8 +407,7 @@ class AmqpLocks:
         await asyncio.gather(*(self.give_back(claim) for claim in claims))
         await self._keeper.drain(self.cleanup_timeout)
         await self._liveness.stop()
-        idle, self._idle = self._idle, []
-        await asyncio.gather(*(self._close_channel(channel) for channel in idle))
+        await self._channels.close_all()
 
 
 def _put_back(claim: Claim, getting: asyncio.Future[AbstractIncomingMessage]) -> None:
