@@ -116,14 +116,29 @@ def _redact_one(url: str) -> str:
     return head + prefix + host + _SECRET_PARAM.sub(rf"\1{MASK}", tail)
 
 
+def split_urls(raw: str) -> list[str]:
+    """The URLs of a ``;``-separated list (kombu's convention), stripped; a ``;`` that is not
+    followed by a new ``scheme://`` stays in the URL (it may be part of a password)."""
+    urls: list[str] = []
+    for chunk in _url_chunks(raw):
+        # past the user-info a ';' separates URLs even when no URL follows: "a;;b", "a;"
+        start = chunk.rfind("@") + 1 or (chunk.find("://") + 3 if "://" in chunk else 0)
+        head, *extra = chunk[start:].split(";")
+        urls.append((chunk[:start] + head).strip())
+        urls.extend(part.strip() for part in extra)
+    return urls
+
+
 def _url_problem(raw: str, schemes: tuple[str, ...]) -> str | None:
     """Why ``raw`` is not one usable URL of ``schemes`` (never quoting it), or None.
 
     The errors of :func:`urllib.parse.urlsplit` may quote the URL: they are never passed on
     (nor chained, since the caller raises outside this function's ``except`` blocks).
     """
+    if not raw:
+        return "it is empty (two ';' in a row, or a ';' at the end)"
     if any(_URL_START.match(part) for part in raw.split(";")[1:]):
-        return "several URLs separated by ';' are not supported; give one"
+        return "several URLs separated by ';' are not supported here; give one"
     try:
         parts = urlsplit(raw)
     except ValueError:
@@ -141,7 +156,9 @@ def _url_problem(raw: str, schemes: tuple[str, ...]) -> str | None:
     return "its port is not a number from 1 to 65535" if port == 0 else None
 
 
-def _check_url(value: SecretStr | None, schemes: tuple[str, ...], name: str) -> SecretStr | None:
+def _check_url(
+    value: SecretStr | None, schemes: tuple[str, ...], name: str, *, several: bool = False
+) -> SecretStr | None:
     if value is None:
         return None
     raw = value.get_secret_value().strip()
@@ -151,13 +168,18 @@ def _check_url(value: SecretStr | None, schemes: tuple[str, ...], name: str) -> 
             if name == "amqp_url"
             else f"{name} is set but empty or blank; unset it or give a URL"
         )
-    problem = _url_problem(raw, schemes)
-    if problem is not None:  # raised outside any except block: no chained exception
+    urls = split_urls(raw) if several else [raw]
+    for position, url in enumerate(urls, start=1):
+        problem = _url_problem(url, schemes)
+        if problem is None:
+            continue
+        where = f" (URL {position} of {len(urls)})" if len(urls) > 1 else ""
+        # raised outside any except block: no chained exception
         raise ValueError(
-            f"{name} must look like {schemes[0]}://user:password@host:port/... ({problem}), "
-            f"got {redact_url(raw)!r}"
+            f"{name}{where} must look like {schemes[0]}://user:password@host:port/... "
+            f"({problem}), got {redact_url(url)!r}"
         )
-    return SecretStr(raw)
+    return SecretStr(";".join(urls))
 
 
 _SECRET_URLS = ("amqp_url", "redis_url")
@@ -180,7 +202,19 @@ class Settings(BaseSettings):
     )
 
     amqp_url: SecretStr | None = Field(
-        default=None, description="RabbitMQ URL; unset means memory mode."
+        default=None,
+        description=(
+            "RabbitMQ URL, or several separated by ';' (the nodes of a cluster); unset means "
+            "memory mode."
+        ),
+    )
+    amqp_failover: Literal["shuffle", "in_order"] = Field(
+        default="shuffle",
+        description=(
+            "Order in which the URLs of amqp_url are tried: shuffled per instance (spreads "
+            "the instances over the nodes) or as written. Either way a lost connection is "
+            "retried on the next URL."
+        ),
     )
     heartbeat: Seconds = Field(
         default=10.0, description="AMQP heartbeat (s); a dead peer is noticed within ~2x this."
@@ -236,7 +270,12 @@ class Settings(BaseSettings):
         description="Largest encoded body sent or accepted.",
     )
     queue_type: Literal["classic", "quorum"] = Field(
-        default="classic", description="RabbitMQ queue type of event queues."
+        default="classic",
+        description="RabbitMQ queue type of event queues, their delay tiers and dead queues.",
+    )
+    lock_queue_type: Literal["classic", "quorum"] | None = Field(
+        default=None,
+        description="RabbitMQ queue type of lock queues; unset means the same as queue_type.",
     )
     consumer_timeout: Seconds = Field(
         default=1800.0, description="The broker's consumer_timeout (s); queue timeouts stay under."
@@ -268,7 +307,7 @@ class Settings(BaseSettings):
     @field_validator("amqp_url", mode="after")
     @classmethod
     def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_url(value, ("amqp", "amqps"), "amqp_url")
+        return _check_url(value, ("amqp", "amqps"), "amqp_url", several=True)
 
     @field_validator("redis_url", mode="after")
     @classmethod
@@ -294,6 +333,16 @@ class Settings(BaseSettings):
                 f"({self.retry_delay})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _lock_queue_type(self) -> Settings:
+        if self.lock_queue_type is None:  # frozen model: set once, while validating
+            object.__setattr__(self, "lock_queue_type", self.queue_type)
+        return self
+
+    def amqp_urls(self) -> list[str]:
+        """The URLs of ``amqp_url`` (secret: never log them; empty in memory mode)."""
+        return [] if self.amqp_url is None else split_urls(self.amqp_url.get_secret_value())
 
     def amqp_url_redacted(self) -> str | None:
         """The AMQP URL without its password, for logs and messages."""

@@ -6,16 +6,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
-from aio_pika.connection import make_url
+from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
 from bus.amqp.deadlines import Deadlines
-from bus.settings import Settings
+from bus.amqp.failover import FailoverConnection, url_order
+from bus.settings import Settings, redact_text
 from managers.errors import BusError, BusUnavailable
 
 T = TypeVar("T")
@@ -57,14 +56,14 @@ class AmqpTransport:
         self.app = app
         self.instance_id = instance_id
         self._log = log
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: FailoverConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self.reconnects = 0
         self.reconnect_listeners: list[Callable[[], None]] = []
         self._deadlines = Deadlines(settings.publish_timeout)
 
     @property
-    def connection(self) -> AbstractRobustConnection:
+    def connection(self) -> FailoverConnection:
         """The robust connection (only after :meth:`connect`)."""
         if self._connection is None:
             raise BusError("the AMQP transport is not connected")
@@ -77,40 +76,67 @@ class AmqpTransport:
             raise BusError("the AMQP transport is not connected")
         return self._publish_channel
 
-    def _url(self) -> URL:
-        assert self.settings.amqp_url is not None
-        url = URL(self.settings.amqp_url.get_secret_value())
-        return url.update_query(
-            heartbeat=max(1, round(self.settings.heartbeat)),
-            reconnect_interval=self.settings.reconnect_interval,
-        )
+    def _urls(self) -> list[URL]:
+        """The broker URLs in this instance's order, each with the connection parameters."""
+        urls = [
+            URL(url).update_query(
+                heartbeat=max(1, round(self.settings.heartbeat)),
+                reconnect_interval=self.settings.reconnect_interval,
+            )
+            for url in self.settings.amqp_urls()
+        ]
+        return url_order(urls, self.settings.amqp_failover)
+
+    @property
+    def node_url(self) -> str | None:
+        """The URL of the node connected to now, redacted (None before :meth:`connect`)."""
+        connection = self._connection
+        return None if connection is None else str(connection)
 
     async def connect(self) -> None:
-        """Connect within ``connect_timeout`` or raise :class:`BusUnavailable`."""
+        """Connect to the first URL that answers, within ``connect_timeout`` in all, or raise
+        :class:`BusUnavailable`. Each URL gets an equal share of the time left, so a node
+        that does not answer at all cannot use up the time of the others."""
         timeout = self.settings.connect_timeout
-        connection = aio_pika.RobustConnection(
-            make_url(self._url()),
-            client_properties={"connection_name": f"clusterbus {self.app} {self.instance_id}"},
+        urls = self._urls()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        failure: BaseException = TimeoutError("no time left")
+        for index in range(len(urls)):
+            share = (deadline - loop.time()) / (len(urls) - index)
+            if share <= 0:
+                break
+            connection = FailoverConnection(
+                urls,
+                first=index,
+                client_properties={"connection_name": f"clusterbus {self.app} {self.instance_id}"},
+            )
+            try:
+                async with asyncio.timeout(share):
+                    await connection.connect(timeout=share)
+                    channel = await connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+            except UNAVAILABLE_ERRORS as exc:
+                await _close_quietly(connection)
+                failure = exc
+                continue
+            except BaseException:
+                await _close_quietly(connection)
+                raise
+            assert isinstance(channel, AbstractRobustChannel)
+            connection.attempt_timeout = timeout  # reconnects: each attempt gets all of it
+            self._connection = connection
+            self._publish_channel = channel
+            connection.close_callbacks.add(self._on_close)
+            connection.reconnect_callbacks.add(self._on_reconnect)
+            self._log.info("amqp.connected", url=str(connection), nodes=len(urls))
+            return
+        raise BusUnavailable(
+            f"cannot reach RabbitMQ at {self.settings.amqp_url_redacted()} within "
+            f"{timeout}s (connect_timeout): {type(failure).__name__}: "
+            f"{redact_text(str(failure))}"
         )
-        try:
-            async with asyncio.timeout(timeout):
-                await connection.connect(timeout=timeout)
-                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        except UNAVAILABLE_ERRORS as exc:
-            await _close_quietly(connection)
-            raise BusUnavailable(
-                f"cannot reach RabbitMQ at {self.settings.amqp_url_redacted()} within "
-                f"{timeout}s (connect_timeout): {type(exc).__name__}: {exc}"
-            ) from exc
-        except BaseException:
-            await _close_quietly(connection)
-            raise
-        assert isinstance(channel, AbstractRobustChannel)
-        self._connection = connection
-        self._publish_channel = channel
-        connection.close_callbacks.add(self._on_close)
-        connection.reconnect_callbacks.add(self._on_reconnect)
-        self._log.info("amqp.connected", url=self.settings.amqp_url_redacted())
 
     async def close(self) -> None:
         """Close the connection (and with it every channel)."""
@@ -128,7 +154,7 @@ class AmqpTransport:
 
     def _on_reconnect(self, _sender: object) -> None:
         self.reconnects += 1
-        self._log.info("amqp.reconnected", reconnects=self.reconnects)
+        self._log.info("amqp.reconnected", reconnects=self.reconnects, url=self.node_url)
         for listener in self.reconnect_listeners:
             listener()
 

@@ -25,7 +25,7 @@ SECRET = "S3CRET"
 MALFORMED = [
     "amqp:/guest:S3CRET@host/",
     "guest:S3CRET@host:5672",
-    "amqp://u:S3CRET@h1/;amqp://u:S3CRET@h2/",
+    "amqp://u:S3CRET@h1/;amqp://u:S3CRET@h2:0/",
     "amqp://u:S3CRET@[::1/",
     "amqp://u:S3CRET@host:99999/",
     "amqp://u:S3CRET@host:abc/",
@@ -46,13 +46,14 @@ REDIS_MALFORMED = [
 ALWAYS_INVALID = [
     "amqp:/user:{pw}@host/",
     "user:{pw}@host:5672",
-    "amqp://u:{pw}@h1/;amqp://u:{pw}@h2/",
+    "amqp://u:{pw}@h1/;amqp://u:{pw}@h2:0/",
 ]
 TEMPLATES = [
     *ALWAYS_INVALID,
     "amqp://user:{pw}@host:5672/vh",
     "amqp://user:{pw}@host:99999/",
     "amqps://admin:{pw}@host/",
+    "amqp://u:{pw}@h1:5672/;amqp://v:{pw}@h2:5673/",
     "redis://:{pw}@host:6379/0",
 ]
 _CHARS = st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc")), max_size=15)

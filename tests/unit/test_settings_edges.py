@@ -118,7 +118,7 @@ def test_good_urls_still_pass(field: str, url: str) -> None:
         ("amqp_url", "amqp:///vhost", "no host"),
         ("amqp_url", "amqp:/guest:pw@host/", "must start with amqp://"),
         ("redis_url", "unix://", "socket's path"),
-        ("amqp_url", "amqp://a/;amqp://b/", "several URLs"),
+        ("redis_url", "redis://a/;redis://b/", "several URLs"),
     ],
 )
 def test_each_malformed_url_says_why(field: str, url: str, why: str) -> None:
