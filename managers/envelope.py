@@ -51,11 +51,13 @@ class Envelope:
         sender: str,
         headers: Mapping[str, Any] | None = None,
         trace_id: str | None = None,
+        message_id: str | None = None,
     ) -> Envelope:
-        """Wrap ``body`` with a new message id and ``trace_id`` (default: the current one)."""
+        """Wrap ``body`` with ``message_id`` (default: a new one) and ``trace_id`` (default:
+        the current one)."""
         return cls(
             body=body,
-            message_id=new_message_id(),
+            message_id=message_id or new_message_id(),
             sender=sender,
             trace_id=trace_id or current_trace_id(),
             headers=dict(headers or {}),

@@ -165,3 +165,19 @@ def queue_name(
     validate_queue_channel(channel)
     name = f"queue.{channel}" if shared else f"{app}.queue.{channel}"
     return check_wire_name(name, room=room, what="queue name")
+
+
+MAX_MESSAGE_ID_LENGTH = 128
+_MESSAGE_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_MESSAGE_ID_LENGTH}}}")
+
+
+def check_message_id(message_id: object) -> str:
+    """Return ``message_id`` if it can be a caller-supplied message id (letters, digits,
+    ``-``, ``_``, 1 to 128 characters), else raise :class:`InvalidName` saying why."""
+    if not isinstance(message_id, str) or _MESSAGE_ID.fullmatch(message_id) is None:
+        shown = repr(message_id) if len(repr(message_id)) <= 80 else repr(message_id)[:77] + "..."
+        raise InvalidName(
+            f"invalid message_id {shown}: a message id is a str of 1 to "
+            f"{MAX_MESSAGE_ID_LENGTH} letters, digits, '-' or '_'"
+        )
+    return message_id

@@ -14,8 +14,9 @@ from structlog.typing import FilteringBoundLogger
 
 from managers.envelope import Envelope
 from managers.errors import BusError, PayloadError
-from managers.names import DEAD_SUFFIX, MAX_DELAY, queue_name, tier_suffix
+from managers.names import DEAD_SUFFIX, MAX_DELAY, check_message_id, queue_name, tier_suffix
 from managers.protocols import Codec, QueueBackend
+from managers.queue_dedupe import CompletedIds
 from managers.queue_messages import (
     HEADER_ATTEMPTS,
     HEADER_ERROR,
@@ -154,16 +155,26 @@ class EventQueue:
         idle: Idle | None = None,
         shared: bool = False,
         model: type[BaseModel] | None = None,
+        dedupe: float = 0.0,
     ) -> QueueSubscription:
         """Run ``process(message, ctx)`` for messages of ``channel``, at most ``concurrency``
         at once on this instance (``<= 0``: unlimited), taking none while ``idle()`` is False.
 
+        ``dedupe`` (seconds, 0: off): this instance remembers the ids of the messages it
+        completed for that long and acks a later copy of one without running ``process``
+        (a publish retried with the same ``message_id``, a redelivery after a lost ack).
+        Only this instance's completions count (see :mod:`managers.queue_dedupe`).
+
         A second subscribe on one channel (``shared`` counts) raises :class:`BusError`.
         """
         queue = self._queue(channel, shared)
+        if not _seconds(dedupe) or dedupe < 0:
+            raise ValueError(f"dedupe must be a number of seconds >= 0, got {dedupe!r}")
         if queue in self._subs:
             raise BusError(f"queue channel {channel!r} already has a consumer on this instance")
         sub = QueueSubscription(channel, queue, process, max(0, concurrency), idle, model)
+        if dedupe > 0:
+            sub.completed = CompletedIds(dedupe)
         self._subs[queue] = sub
         if self._started and not self._stopping:
             try:
@@ -210,6 +221,7 @@ class EventQueue:
         max_retries: int = 0,
         delay: float = 0.0,
         shared: bool = False,
+        message_id: str | None = None,
     ) -> str:
         """Queue ``message`` on ``channel`` durably; returns its id once the broker confirmed.
 
@@ -219,15 +231,23 @@ class EventQueue:
         many seconds (finite, at most :data:`MAX_DELAY`). A value out of bounds raises
         ``ValueError`` (a timeout above ``consumer_timeout``: :class:`BusError`) at the call,
         in both modes; a name that cannot be a queue raises :class:`InvalidName`.
+
+        ``message_id`` replaces the generated id (letters, digits, ``-``, ``_``, at most 128
+        characters; else :class:`InvalidName`), so a publish that raised can be retried
+        idempotently: consumers see one id, and ``subscribe(dedupe=...)`` drops the copy.
         """
         queue = self._queue(channel, shared)
         self._check_publish(channel, timeout, max_retries, delay)
+        if message_id is not None:
+            check_message_id(message_id)
         body = self._codec.encode(message, channel=channel)
         if not self._started:
             raise BusError(f"cannot publish on queue {channel!r}: the bus is not started")
         not_before = time.time() + delay if delay > 0 else None
         headers = initial_headers(max_retries=max_retries, timeout=timeout, not_before=not_before)
-        envelope = Envelope.new(body, sender=self._instance_id, headers=headers)
+        envelope = Envelope.new(
+            body, sender=self._instance_id, headers=headers, message_id=message_id
+        )
         await self._backend.publish(queue, envelope, self._tiers.hop(delay) if delay > 0 else 0)
         if self._debug:
             self._log.debug(

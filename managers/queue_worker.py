@@ -18,6 +18,7 @@ from structlog.typing import FilteringBoundLogger
 from managers.envelope import Envelope
 from managers.errors import BusError, BusUnavailable, PayloadError
 from managers.protocols import Codec, QueueConsumer, QueueDelivery
+from managers.queue_dedupe import CompletedIds
 from managers.queue_messages import (
     DUE_SLACK,
     HEADER_ATTEMPT,
@@ -66,6 +67,8 @@ class QueueSubscription:
     closes: int = 0
     """How often the consumer was closed: a delivery that began under an earlier count lost
     its consumer (its message went back to the queue) and is not settled any more."""
+    completed: CompletedIds | None = None
+    """Ids completed recently (``subscribe(dedupe=...)``): a later copy is acked unrun."""
 
 
 class QueueWorker:
@@ -252,6 +255,10 @@ class QueueWorker:
                     sub, delivery, envelope, hop, what="delay", error="", attempts=ctx.attempt
                 )
                 return
+        if sub.completed is not None and envelope.message_id in sub.completed:
+            self._log.info("queue.duplicate_dropped", attempt=ctx.attempt)
+            await self._ack(delivery)
+            return
         try:
             value = self._codec.decode(envelope.body)
             if sub.model is not None:
@@ -277,10 +284,8 @@ class QueueWorker:
         if error is None:
             if self._debug:
                 self._log.debug("queue.success", attempt=ctx.attempt, seconds=took)
-            try:
-                await delivery.ack()
-            except BusError as exc:  # the channel is gone: the broker delivers it again
-                self._log.error("queue.settle_failed", operation="ack", error=str(exc))
+            if await self._ack(delivery) and sub.completed is not None:
+                sub.completed.add(envelope.message_id)
             return
         self._log.warning("queue.failure", attempt=ctx.attempt, error=error, seconds=took)
         if ctx.attempt < ctx.max_retries:
@@ -301,6 +306,16 @@ class QueueWorker:
                 )
             return
         await self._park(sub, delivery, error, attempt=ctx.attempt, attempts=ctx.attempt + 1)
+
+    async def _ack(self, delivery: QueueDelivery) -> bool:
+        """Ack ``delivery``; False (logged) when the channel is gone and the broker will
+        deliver it again."""
+        try:
+            await delivery.ack()
+        except BusError as exc:
+            self._log.error("queue.settle_failed", operation="ack", error=str(exc))
+            return False
+        return True
 
     async def _run(self, process: Process, value: object, ctx: QueueContext) -> str | None:
         """Run one attempt under its deadline; the (sanitised) error text, or None."""
