@@ -277,6 +277,14 @@ class Settings(BaseSettings):
         default=None,
         description="RabbitMQ queue type of lock queues; unset means the same as queue_type.",
     )
+    queue_leader_locator: Literal["balanced", "client-local", "none"] = Field(
+        default="balanced",
+        description=(
+            "Where RabbitMQ puts the leader of each new quorum queue: balanced spreads them "
+            "over the nodes; none sends no x-queue-leader-locator (for quorum queues created "
+            "by clusterbus 0.1, which RabbitMQ would otherwise refuse to redeclare)."
+        ),
+    )
     consumer_timeout: Seconds = Field(
         default=1800.0, description="The broker's consumer_timeout (s); queue timeouts stay under."
     )

@@ -28,7 +28,7 @@ from bus.amqp.liveness import BrokerLiveness
 from bus.amqp.lock_channels import LockChannels
 from bus.amqp.lock_claims import HEADER_TOKEN, Claim, now_us, token_of
 from bus.amqp.topology import lock_queue
-from bus.amqp.transport import AmqpTransport, quietly
+from bus.amqp.transport import AmqpTransport, queue_missing, quietly, rejected
 from managers.envelope import new_message_id
 from managers.errors import BusError, BusUnavailable, LockAcquireError
 from managers.protocols import LostCallback
@@ -36,17 +36,9 @@ from managers.tasks import TaskKeeper
 
 T = TypeVar("T")
 
-LOCK_EXPIRES_MS = 60_000  # an idle key's queue (no consumer) is deleted after this
 HEAL_INTERVAL = 2.0  # a waiter publishes a fresh token this often (heals a lost token)
 TRY_WAIT = 0.5  # try_acquire(timeout=0): how long a free key may take to hand its token over
 RETRY_PAUSE = 0.2  # between attempts after the channel or the queue went away
-# Lock queues: single active consumer; deleted after LOCK_EXPIRES_MS without a consumer;
-# classic (quorum queues would count requeues towards a delivery limit in RabbitMQ 4).
-LOCK_QUEUE_ARGUMENTS: dict[str, Any] = {
-    "x-single-active-consumer": True,
-    "x-expires": LOCK_EXPIRES_MS,
-    "x-queue-type": "classic",
-}
 
 
 class AmqpHold:
@@ -158,12 +150,13 @@ class AmqpLocks:
         """Consume the key's queue until the token comes; raises when the claim went away
         before that (:class:`_Gone`) or the key is held (``trying``) or the time is up."""
         channel, name = claim.channel, claim.queue_name
+        arguments = self._transport.queue_arguments.lock()
         await self._on_broker_cancel(claim)
         if trying:  # asks the broker whether anyone holds or waits: one round trip
             queue = await self._rpc(
                 claim,
                 f"declaring lock queue {name!r}",
-                lambda: channel.declare_queue(name, durable=True, arguments=LOCK_QUEUE_ARGUMENTS),
+                lambda: channel.declare_queue(name, durable=True, arguments=arguments),
             )
             declared = queue.declaration_result
             if declared is not None and declared.consumer_count:
@@ -174,7 +167,7 @@ class AmqpLocks:
                 claim,
                 f"declaring lock queue {name!r}",
                 lambda: underlay.queue_declare(
-                    name, durable=True, arguments=LOCK_QUEUE_ARGUMENTS, nowait=True
+                    name, durable=True, arguments=arguments, nowait=True
                 ),
             )
             queue = await channel.get_queue(name, ensure=False)
@@ -182,9 +175,32 @@ class AmqpLocks:
         async def consume() -> None:  # the tag is recorded even if the caller is gone
             claim.tag = await queue.consume(claim.on_message)
 
-        await self._rpc(claim, f"waiting on lock queue {name!r}", consume)
-        claim.proposal = now_us()
-        claim.spawn(functools.partial(self._publish_token, claim, claim.proposal))
+        quorum = arguments["x-queue-type"] == "quorum"
+        # A consume on a quorum queue whose leader does not run yet (just declared by
+        # another instance) crashes the broker's channel and closes the whole connection
+        # (541 INTERNAL_ERROR on RabbitMQ 3.10; rabbitmq-server#13625). A confirm for a
+        # quorum queue comes once its leader committed the message: consume only then.
+        if quorum:
+            claim.proposal = now_us()
+            try:
+                await self._rpc(
+                    claim,
+                    f"publishing a token of lock {claim.key!r}",
+                    functools.partial(self._send_token, claim, claim.proposal),
+                )
+            except BusError as exc:  # nacked: the queue has no leader (yet): try again
+                if not rejected(exc):
+                    raise
+                raise _Gone("the lock queue has no leader yet (token nacked)") from exc
+        try:
+            await self._rpc(claim, f"waiting on lock queue {name!r}", consume)
+        except BusError as exc:  # a quorum queue's expiry is not reset by the declare
+            if queue_missing(exc):
+                raise _Gone("the lock queue expired between its declare and the consume") from exc
+            raise
+        if not quorum:
+            claim.proposal = now_us()
+            claim.spawn(functools.partial(self._publish_token, claim, claim.proposal))
         limit = deadline
         if trying:
             limit = asyncio.get_running_loop().time() + TRY_WAIT

@@ -51,15 +51,8 @@ class AmqpQueues:
     # topology --------------------------------------------------------------------------
 
     def arguments(self, *, tier_of: str | None = None, ttl: float = 0) -> dict[str, Any]:
-        arguments: dict[str, Any] = {"x-queue-type": self._settings.queue_type}
-        if tier_of is not None:
-            arguments["x-message-ttl"] = round(ttl * 1000)
-            arguments["x-dead-letter-exchange"] = ""
-            arguments["x-dead-letter-routing-key"] = tier_of
-            if self._settings.queue_type == "quorum":  # dead-lettering that cannot lose
-                arguments["x-dead-letter-strategy"] = "at-least-once"
-                arguments["x-overflow"] = "reject-publish"
-        return arguments
+        """Arguments of a work or dead queue, or of a delay tier (``tier_of``, ``ttl``)."""
+        return self._transport.queue_arguments.event(tier_of=tier_of, ttl=ttl)
 
     async def _channel(self) -> AbstractRobustChannel:
         """The channel queues are declared on (reopened if the broker closed it)."""

@@ -14,6 +14,7 @@ from yarl import URL
 
 from bus.amqp.deadlines import Deadlines
 from bus.amqp.failover import FailoverConnection, url_order
+from bus.amqp.queue_arguments import QueueArguments, Version, check_broker, parse_version
 from bus.settings import Settings, redact_text
 from managers.errors import BusError, BusUnavailable
 
@@ -61,6 +62,10 @@ class AmqpTransport:
         self.reconnects = 0
         self.reconnect_listeners: list[Callable[[], None]] = []
         self._deadlines = Deadlines(settings.publish_timeout)
+        self.broker_version: Version = (0, 0, 0)
+        """The version of the first broker node connected to (the queue arguments follow it
+        for the bus's life: they must not change between declares)."""
+        self.queue_arguments = QueueArguments(settings, self.broker_version)
 
     @property
     def connection(self) -> FailoverConnection:
@@ -125,6 +130,14 @@ class AmqpTransport:
                 await _close_quietly(connection)
                 raise
             assert isinstance(channel, AbstractRobustChannel)
+            version = parse_version(_server_properties(connection).get("version"))
+            try:
+                check_broker(self.settings, version)
+            except BusError:
+                await _close_quietly(connection)
+                raise
+            self.broker_version = version
+            self.queue_arguments = QueueArguments(self.settings, version)
             connection.attempt_timeout = timeout  # reconnects: each attempt gets all of it
             self._connection = connection
             self._publish_channel = channel
@@ -178,6 +191,11 @@ class AmqpTransport:
                 raise self._unavailable(what, ConnectionError("the connection closed")) from exc
             raise
         except REFUSED_ERRORS as exc:
+            if node_down(exc):
+                raise BusUnavailable(
+                    f"{what}: the node holding the queue is down (an outage, not a refusal): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             raise BusError(f"{what}: RabbitMQ refused it: {type(exc).__name__}: {exc}") from exc
         except UNAVAILABLE_ERRORS as exc:
             raise self._unavailable(what, exc) from exc
@@ -187,6 +205,28 @@ class AmqpTransport:
             f"{what}: RabbitMQ did not answer within {self.settings.publish_timeout}s "
             f"(publish_timeout): {type(exc).__name__}: {exc}"
         )
+
+
+def node_down(exc: BaseException) -> bool:
+    """Whether the broker refused an operation because the node holding the queue is down
+    (a classic queue's home node: ``NOT_FOUND - home node ... is down or inaccessible``)."""
+    text = str(exc)
+    return isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and (
+        "is down or inaccessible" in text or "home node" in text
+    )
+
+
+def queue_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` (a :class:`BusError` from :meth:`AmqpTransport.bounded`) says the
+    queue does not exist (``NOT_FOUND - no queue ...``)."""
+    cause = exc.__cause__
+    return isinstance(cause, aiormq.exceptions.ChannelNotFoundEntity) and "no queue" in str(cause)
+
+
+def rejected(exc: BaseException) -> bool:
+    """Whether ``exc`` (a :class:`BusError` from :meth:`AmqpTransport.bounded`) is a publish
+    the broker nacked or returned."""
+    return isinstance(exc.__cause__, aiormq.exceptions.DeliveryError)
 
 
 async def quietly(operation: Callable[[], Awaitable[object]], timeout: float | None = None) -> None:
@@ -204,6 +244,13 @@ async def quietly(operation: Callable[[], Awaitable[object]], timeout: float | N
             raise
     except Exception:
         pass
+
+
+def _server_properties(connection: FailoverConnection) -> dict[str, Any]:
+    """What the broker said of itself at the handshake (``version``, ``product``...)."""
+    transport = connection.transport
+    properties = None if transport is None else transport.connection.server_properties
+    return dict(properties or {})
 
 
 async def _close_quietly(connection: Any) -> None:
