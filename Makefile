@@ -40,9 +40,11 @@ bench: install services
 	$(PY) -m benchmarks.queue
 	$(PY) -m benchmarks.locks
 
-## chaos: the long lock chaos run (3 processes, faults, cancellations; CLUSTERBUS_CHAOS_SECONDS=300)
+## chaos: the long runs: lock chaos through faulty proxies (CLUSTERBUS_CHAOS_SECONDS=300), then
+## every primitive on a 3-node cluster whose nodes die, ten times longer than in the suite
 chaos: install services
 	$(PY) -m pytest -m chaos -s tests/faults/test_lock_chaos.py
+	CLUSTERBUS_CHAOS_SCALE=$${CLUSTERBUS_CHAOS_SCALE:-10} $(PY) -m pytest -m cluster -s tests/cluster/test_cluster_chaos.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

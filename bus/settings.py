@@ -25,7 +25,7 @@ _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:/+")
 # anything else (``user:/pw@host`` is no scheme) it may be a password.
 _KNOWN_PREFIX = re.compile(r"(?i)(amqps?|rediss?)://")
 # Where one URL of a ``;`` list starts.
-_URL_START = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://")
+_URL_START = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*:/")
 # A user name shown as is: nothing that could be (part of) a password or a delimiter.
 _CLEAN_USER = re.compile(r"[^\s@/;?#\[\]:]*")
 # ``host``, ``host:5672``, ``[::1]:5672``: an authority whose "port" is really a port.

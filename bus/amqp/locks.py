@@ -38,7 +38,8 @@ T = TypeVar("T")
 
 HEAL_INTERVAL = 2.0  # a waiter publishes a fresh token this often (heals a lost token)
 TRY_WAIT = 0.5  # try_acquire(timeout=0): how long a free key may take to hand its token over
-RETRY_PAUSE = 0.2  # between attempts after the channel or the queue went away
+RETRY_PAUSE = 0.2  # between attempts after the channel or the queue went away...
+MAX_RETRY_PAUSE = 2.0  # ...doubling while the outage lasts (a dead node is not hammered)
 
 
 class AmqpHold:
@@ -111,6 +112,7 @@ class AmqpLocks:
         if the claim goes away before that, while the timeout allows."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        pause = RETRY_PAUSE
         while True:
             if self._stopping:
                 raise BusError(f"lock {key!r}: the bus is stopping")
@@ -121,8 +123,11 @@ class AmqpLocks:
                     raise BusError(f"lock {key!r}: the bus is stopping") from exc
                 if deadline is not None and loop.time() + RETRY_PAUSE >= deadline:
                     raise LockAcquireError(f"lock {key!r}: not acquired ({exc})") from exc
-                self._log.warning("lock.wait_restarted", key=key, error=str(exc))
-                await asyncio.sleep(RETRY_PAUSE)
+                self._log.warning("lock.wait_restarted", key=key, error=str(exc), pause=pause)
+                if deadline is not None:
+                    pause = min(pause, deadline - loop.time() - RETRY_PAUSE)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, MAX_RETRY_PAUSE)
                 continue
             # no await from the last check of `gone` to here: a loss from now on reaches
             # on_lost, one before it made the attempt fail

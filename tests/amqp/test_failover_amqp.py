@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -154,3 +155,22 @@ async def eventually_async(get: Any, expected: Any, timeout: float = 10.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"still {value!r}, expected {expected!r}")
         await asyncio.sleep(0.02)
+
+
+async def test_classic_queues_with_several_urls_get_a_warning(
+    amqp_url: str, debug_logs: list[MutableMapping[str, Any]]
+) -> None:
+    """Several URLs (a cluster) with classic queues: they stay classic (changing an existing
+    queue's type breaks it), and the instance says once at start how to make them survive."""
+    async with FaultProxy.in_front_of(amqp_url) as other:
+        urls = f"{amqp_url};{other.url()}"
+        async with Bus(
+            unique_app(), amqp_url=urls, settings=fast_settings(lock_queue_type="quorum")
+        ):
+            pass
+        async with Bus(unique_app(), amqp_url=urls, settings=fast_settings(queue_type="quorum")):
+            pass
+        async with Bus(unique_app(), amqp_url=amqp_url, settings=fast_settings()):
+            pass
+    warnings = [e for e in debug_logs if e["event"] == "amqp.classic_queues_in_cluster"]
+    assert [w["settings"] for w in warnings] == [["queue_type"]]

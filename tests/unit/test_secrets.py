@@ -46,7 +46,7 @@ REDIS_MALFORMED = [
 ALWAYS_INVALID = [
     "amqp:/user:{pw}@host/",
     "user:{pw}@host:5672",
-    "amqp://u:{pw}@h1/;amqp://u:{pw}@h2:0/",
+    "amqp://u:{pw}@h1/;http://u:{pw}@h2/",
 ]
 TEMPLATES = [
     *ALWAYS_INVALID,

@@ -27,6 +27,7 @@ def test_one_url_is_a_list_of_one() -> None:
         ("amqp://u:secret1@n1/;amqp://u:secret2@n2:99999/;amqp://n3/", "URL 2 of 3", "port"),
         ("amqp://u:secret1@n1/;;amqp://n3/", "URL 2 of 3", "empty"),
         ("amqp://u:secret1@n1/;amqp://u:secret2@n2/;", "URL 3 of 3", "empty"),
+        ("amqp://u:secret1@n1/;amqp:/u:secret2@n2:5672/", "URL 2 of 2", "amqp://"),
     ],
 )
 def test_a_bad_entry_is_named_by_position_without_its_password(

@@ -1,0 +1,1 @@
+"""Tests against a local multi-node RabbitMQ cluster (see ``tests.cluster.harness``)."""

@@ -1,0 +1,142 @@
+"""compose/'s "cluster" profile: three RabbitMQ nodes and the demo service spread over them,
+validated by the real Docker Compose binary (no engine needed) and checked against
+compose/README.md. The default stack is checked by test_compose.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import subprocess
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from bus import Settings
+from tests.unit.test_compose import COMPOSE_FILE, NOT_A_SETTING, README, ROOT, compose_binary
+
+NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+CLUSTER_VARIABLES_HEADING = "### Variables of `app-cluster`"
+
+
+def run(*args: str, docker_config: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": docker_config, "DOCKER_CONFIG": docker_config}
+    return subprocess.run(
+        [str(compose_binary()), "-f", str(COMPOSE_FILE), "--profile", "cluster", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def docker_config(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("docker-config"))
+
+
+@pytest.fixture(scope="module")
+def model(docker_config: str) -> dict[str, Any]:
+    result = run("config", "--format", "json", docker_config=docker_config)
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded
+
+
+def settings_of(environment: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {
+        name.removeprefix("CLUSTERBUS_").lower(): value
+        for name, value in environment.items()
+        if name.startswith("CLUSTERBUS_") and name not in NOT_A_SETTING
+    }
+    return Settings(**values)
+
+
+def test_cluster_profile_is_valid(docker_config: str) -> None:
+    result = run("config", "-q", docker_config=docker_config)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+
+
+def test_cluster_services(model: dict[str, Any]) -> None:
+    services = model["services"]
+    assert {*NODES, "app-cluster"} <= set(services)
+    cookies = set()
+    for name in NODES:
+        node = services[name]
+        assert node["profiles"] == ["cluster"]
+        assert node["hostname"] == name  # the node name is rabbit@<hostname>
+        assert node["image"].endswith("-management")
+        assert node["healthcheck"]["test"][0] == "CMD"
+        cookies.add(node["environment"]["RABBITMQ_ERLANG_COOKIE"])
+    assert len(cookies) == 1  # one cookie: the nodes can talk to each other
+    app = services["app-cluster"]
+    assert app["profiles"] == ["cluster"]
+    assert app["deploy"]["replicas"] == 3
+    assert {
+        name: dependency["condition"] for name, dependency in app["depends_on"].items()
+    } == dict.fromkeys((*NODES, "redis", "postgres"), "service_healthy")
+
+
+def test_cluster_formation_and_definitions(model: dict[str, Any]) -> None:
+    node = model["services"]["rabbitmq-1"]
+    mounts = {config["source"]: config["target"] for config in node["configs"]}
+    cluster_conf = model["configs"]["rabbitmq-cluster"]["content"]
+    assert "cluster_formation.peer_discovery_backend = classic_config" in cluster_conf
+    node_line = r"^cluster_formation\.classic_config\.nodes\.\d+ = (\S+)$"
+    listed = re.findall(node_line, cluster_conf, re.M)
+    assert listed == [f"rabbit@{name}" for name in NODES]
+    loaded = re.search(r"^load_definitions = (\S+)$", cluster_conf, re.M)
+    assert loaded is not None and loaded.group(1) == mounts["rabbitmq-definitions"]
+
+    definitions = json.loads(model["configs"]["rabbitmq-definitions"]["content"])
+    [vhost] = definitions["vhosts"]
+    assert vhost["name"] == "/"
+    assert vhost["metadata"]["default_queue_type"] == "quorum"  # read from metadata (3.13)
+    # the password hash is that of the password in the app's URLs (salted SHA-256)
+    settings = settings_of(model["services"]["app-cluster"]["environment"])
+    first = urlsplit(settings.amqp_urls()[0])
+    [user] = definitions["users"]
+    assert user["name"] == first.username
+    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    raw = base64.b64decode(user["password_hash"])
+    salt, digest = raw[:4], raw[4:]
+    assert digest == hashlib.sha256(salt + (first.password or "").encode()).digest()
+    [permission] = definitions["permissions"]
+    assert (permission["user"], permission["vhost"]) == (user["name"], "/")
+
+
+def test_app_cluster_settings(model: dict[str, Any]) -> None:
+    settings = settings_of(model["services"]["app-cluster"]["environment"])
+    hosts = [urlsplit(url).hostname for url in settings.amqp_urls()]
+    assert hosts == list(NODES)
+    assert settings.queue_type == "quorum"
+    assert settings.lock_queue_type == "quorum"
+    content = model["configs"]["rabbitmq-clusterbus"]["content"]
+    broker = re.search(r"^consumer_timeout\s*=\s*(\d+)$", content, re.MULTILINE)
+    assert broker is not None
+    assert int(broker.group(1)) == round(settings.consumer_timeout * 1000)
+
+
+def test_readme_lists_what_app_cluster_changes(model: dict[str, Any]) -> None:
+    text = README.read_text(encoding="utf-8")
+    assert CLUSTER_VARIABLES_HEADING in text
+    section = text.split(CLUSTER_VARIABLES_HEADING, 1)[1].split("\n#", 1)[0]
+    listed: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        name = re.fullmatch(r"`(CLUSTERBUS_[A-Z0-9_]+)`", cells[0]) if cells else None
+        if line.lstrip().startswith("|") and name is not None:
+            listed[name.group(1)] = cells[1].strip("`")
+    app = model["services"]["app"]["environment"]
+    cluster = model["services"]["app-cluster"]["environment"]
+    changed = {
+        name: value
+        for name, value in cluster.items()
+        if name.startswith("CLUSTERBUS_") and app.get(name) != value
+    }
+    assert listed == changed
