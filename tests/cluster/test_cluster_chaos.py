@@ -195,6 +195,7 @@ async def test_locks_never_overlap_when_nodes_die(
     app, key = unique_app(), "shared"
     redis = Redis.from_url(redis_url)
     seconds = 45.0 * SCALE
+    ends = time.monotonic() + seconds  # the workers stop acquiring then
     workers = [
         await spawn_lock_worker(rotated(cluster, i), app, key, redis_url, seconds)
         for i in range(cluster.size)
@@ -223,7 +224,8 @@ async def test_locks_never_overlap_when_nodes_die(
         results = []
         for worker in workers:
             assert worker.stdout is not None
-            results.append((await asyncio.wait_for(worker.stdout.readline(), 120)).decode())
+            left = max(0.0, ends - time.monotonic()) + 120
+            results.append((await asyncio.wait_for(worker.stdout.readline(), left)).decode())
         acquired = sorted(float(t) for t in await redis.lrange(f"{app}:acquired", 0, -1))
         overlaps = int(await redis.get(f"{app}:overlaps") or 0)
         errors = collections.Counter(text(e) for e in await redis.lrange(f"{app}:errors", 0, -1))
