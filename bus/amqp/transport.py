@@ -144,24 +144,30 @@ class AmqpTransport:
             connection.close_callbacks.add(self._on_close)
             connection.reconnect_callbacks.add(self._on_reconnect)
             self._log.info("amqp.connected", url=str(connection), nodes=len(urls))
-            classic = [
-                name
-                for name in ("queue_type", "lock_queue_type")
-                if getattr(self.settings, name) == "classic"
-            ]
-            if len(urls) > 1 and classic:
-                self._log.warning(
-                    "amqp.classic_queues_in_cluster",
-                    settings=classic,
-                    hint="a classic queue lives on one node: set them to 'quorum' so queues "
-                    "and locks survive the loss of a node (docs/deploy-rabbitmq-cluster.md)",
-                )
+            if len(urls) > 1:
+                self._warn_classic_in_cluster()
             return
         raise BusUnavailable(
             f"cannot reach RabbitMQ at {self.settings.amqp_url_redacted()} within "
             f"{timeout}s (connect_timeout): {type(failure).__name__}: "
             f"{redact_text(str(failure))}"
         )
+
+    def _warn_classic_in_cluster(self) -> None:
+        """Several nodes but classic queues: they stay classic (RabbitMQ refuses to redeclare
+        an existing queue with another type), and the log says how to make them survive."""
+        classic = [
+            name
+            for name in ("queue_type", "lock_queue_type")
+            if getattr(self.settings, name) == "classic"
+        ]
+        if classic:
+            self._log.warning(
+                "amqp.classic_queues_in_cluster",
+                settings=classic,
+                hint="a classic queue lives on one node: set them to 'quorum' so queues "
+                "and locks survive the loss of a node (docs/deploy-rabbitmq-cluster.md)",
+            )
 
     async def close(self) -> None:
         """Close the connection (and with it every channel)."""
