@@ -117,8 +117,9 @@ def _redact_one(url: str) -> str:
 
 
 def split_urls(raw: str) -> list[str]:
-    """The URLs of a ``;``-separated list (kombu's convention), stripped; a ``;`` that is not
-    followed by a new ``scheme://`` stays in the URL (it may be part of a password)."""
+    """The URLs of a ``;``-separated list (kombu's convention), stripped. In the user-info, a
+    ``;`` that is not followed by a new ``scheme:/`` stays in the URL (it may be part of a
+    password); past it, every ``;`` separates URLs (an empty entry is refused later)."""
     urls: list[str] = []
     for chunk in _url_chunks(raw):
         # past the user-info a ';' separates URLs even when no URL follows: "a;;b", "a;"
