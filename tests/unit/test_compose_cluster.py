@@ -8,40 +8,29 @@ import base64
 import hashlib
 import json
 import re
-import subprocess
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from bus import Settings
-from tests.unit.test_compose import COMPOSE_FILE, NOT_A_SETTING, README, ROOT, compose_binary
+from tests.unit.compose_runner import RunCompose, compose_runner
+from tests.unit.test_compose import NOT_A_SETTING, README
 
 NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
 CLUSTER_VARIABLES_HEADING = "### Variables of `app-cluster`"
 
 
-def run(*args: str, docker_config: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": docker_config, "DOCKER_CONFIG": docker_config}
-    return subprocess.run(
-        [str(compose_binary()), "-f", str(COMPOSE_FILE), "--profile", "cluster", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+@pytest.fixture(scope="module")
+def run_compose(tmp_path_factory: pytest.TempPathFactory) -> RunCompose:
+    """Docker Compose on compose/docker-compose.yml with the cluster profile."""
+    run = compose_runner(tmp_path_factory.mktemp("docker-config"))
+    return lambda *args: run("--profile", "cluster", *args)
 
 
 @pytest.fixture(scope="module")
-def docker_config(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("docker-config"))
-
-
-@pytest.fixture(scope="module")
-def model(docker_config: str) -> dict[str, Any]:
-    result = run("config", "--format", "json", docker_config=docker_config)
+def model(run_compose: RunCompose) -> dict[str, Any]:
+    result = run_compose("config", "--format", "json")
     assert result.returncode == 0, result.stderr
     loaded: dict[str, Any] = json.loads(result.stdout)
     return loaded
@@ -56,8 +45,8 @@ def settings_of(environment: dict[str, Any]) -> Settings:
     return Settings(**values)
 
 
-def test_cluster_profile_is_valid(docker_config: str) -> None:
-    result = run("config", "-q", docker_config=docker_config)
+def test_cluster_profile_is_valid(run_compose: RunCompose) -> None:
+    result = run_compose("config", "-q")
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr
 
