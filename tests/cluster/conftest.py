@@ -4,6 +4,7 @@ by the project's own harness (never the default broker on 5672), torn down at th
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +24,13 @@ def cluster() -> Iterator[RabbitCluster]:
         harness.start()
     except Exception as exc:
         harness.teardown()
+        shutil.rmtree(base, ignore_errors=True)
         pytest.fail(f"the test cluster did not come up: {exc}", pytrace=False)
     try:
         yield harness
     finally:
         harness.teardown()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
