@@ -49,11 +49,6 @@ class FailoverConnection(aio_pika.RobustConnection):
         self.attempt_timeout: float | None = None  # bound of each later attempt (None: none)
         super().__init__(self._urls[self._next], **kwargs)
 
-    @property
-    def current_url(self) -> URL:
-        """The URL of the connection now (or of the attempt under way)."""
-        return self.url
-
     def __str__(self) -> str:  # aio-pika logs connections by str(): never the password
         return redact_url(str(self.url))
 

@@ -180,7 +180,7 @@ class AmqpLocks:
         async def consume() -> None:  # the tag is recorded even if the caller is gone
             claim.tag = await queue.consume(claim.on_message)
 
-        quorum = arguments["x-queue-type"] == "quorum"
+        quorum = self._transport.queue_arguments.quorum_locks
         # A consume on a quorum queue whose leader does not run yet (just declared by
         # another instance) crashes the broker's channel and closes the whole connection
         # (541 INTERNAL_ERROR on RabbitMQ 3.10; rabbitmq-server#13625). A confirm for a

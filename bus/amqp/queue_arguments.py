@@ -68,6 +68,8 @@ class QueueArguments:
     def __init__(self, settings: Settings, version: Version) -> None:
         self._settings = settings
         self._version = version
+        self.quorum_locks = settings.lock_queue_type == "quorum"
+        self._lock = self._lock_arguments()  # every claim declares with these: made once
 
     def _quorum(self) -> dict[str, Any]:
         arguments: dict[str, Any] = {"x-queue-type": "quorum"}
@@ -93,8 +95,12 @@ class QueueArguments:
 
     def lock(self) -> dict[str, Any]:
         """A lock queue: single active consumer, deleted after :data:`LOCK_EXPIRES_MS`
-        without a consumer; quorum ones never drop a token for its delivery count."""
-        quorum = self._settings.lock_queue_type == "quorum"
+        without a consumer; quorum ones never drop a token for its delivery count (the same
+        dict every time: never change it)."""
+        return self._lock
+
+    def _lock_arguments(self) -> dict[str, Any]:
+        quorum = self.quorum_locks
         arguments: dict[str, Any] = self._quorum() if quorum else {"x-queue-type": "classic"}
         arguments["x-single-active-consumer"] = True
         arguments["x-expires"] = LOCK_EXPIRES_MS
