@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint services bench chaos clean
+.PHONY: install demo test lint smoke services bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +22,20 @@ demo: install
 services:
 	bash .ci/services.sh
 
-## lint: ruff and mypy --strict
+## lint: ruff, mypy --strict and the import contracts (layers: plugins > bus > managers)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+## smoke: the built wheel in fresh venvs (no extra, then each extra alone), run from a
+## directory with its own bus.py, managers.py and plugins/ (tests/smoke/run.sh)
+smoke: install
+	VENV=$(VENV) PYTHON=$(PYTHON) bash tests/smoke/run.sh
 
 ## test: the whole suite (lint, then every test on both backends against the real broker)
-test: install services lint
+test: install services lint smoke
 	$(PY) -m pytest
 
 ## bench: the benchmarks (peers installed from the bench extra)

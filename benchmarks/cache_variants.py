@@ -25,8 +25,7 @@ from redis.asyncio import Redis
 
 from benchmarks.amqp_cleanup import delete_exchanges
 from benchmarks.cli import log
-from bus import Bus, MemoryHub, Settings
-from managers.cache import Cache
+from bus import Bus, Cache, MemoryHub, Settings
 
 VALUE: dict[str, Any] = {"id": 123, "name": "alice", "roles": ["admin", "dev"], "active": True}
 KEY_SPACE = 1000

@@ -55,7 +55,7 @@ from rich.table import Table
 
 from benchmarks.cli import finite, positive
 from bus import Bus, MemoryHub, Settings
-from bus.amqp.topology import lock_queue
+from managers.names import lock_queue
 
 DESCRIPTION = "Lock benchmark: clusterbus locks against redis-py's asyncio Lock."
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"

@@ -8,12 +8,12 @@ import asyncio
 from typing import TypeAlias
 
 from pydantic import SecretStr, ValidationError
-from rich.console import Console
 
 from bus import __version__, dlq
 from bus.errors import BusError
 from bus.logs import configure_logging
 from bus.settings import Settings, redact_text, redact_url
+from bus.terminal import Terminal
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 BUS_COMMANDS = ("settings", "dlq")
@@ -55,27 +55,27 @@ def failure(command: str, exc: Exception) -> str:
     return redact_text(f"{command} failed: {text}".replace("\n", " "))
 
 
-def load_settings(console: Console) -> Settings | None:
+def load_settings(terminal: Terminal) -> Settings | None:
     """The settings from the environment, or None after printing what is wrong."""
     try:
         return Settings()
     except ValidationError as exc:
-        console.print(settings_error(exc), style="red", markup=False)
+        terminal.print(settings_error(exc), style="red")
         return None
 
 
-def run(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+def run(args: argparse.Namespace, terminal: Terminal, settings: Settings) -> int:
     """Carry out one of :data:`BUS_COMMANDS`; the exit status."""
     if args.command == "settings":
         for name, value in settings.model_dump().items():
             shown = (  # the URLs: shown without their password
                 redact_url(value.get_secret_value()) if isinstance(value, SecretStr) else value
             )
-            console.print(f"{name} = {shown}", markup=False)
+            terminal.print(f"{name} = {shown}")
         return 0
-    configure_logging("WARNING", "console", force=True)
+    configure_logging(format="console", level="WARNING")
     try:
-        return asyncio.run(dlq.run(console, args, settings))
+        return asyncio.run(dlq.run(terminal, args, settings))
     except Exception as exc:  # a command line reports in one line, it does not trace back
-        console.print(failure("dlq", exc), style="red", markup=False, soft_wrap=True)
+        terminal.print(failure("dlq", exc), style="red")
         return 2 if isinstance(exc, ValidationError) else 1

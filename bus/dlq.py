@@ -6,15 +6,14 @@ import argparse
 import re
 import time
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from bus.facade import Bus
 from bus.settings import Settings
+from bus.terminal import Terminal
 from managers.queue_messages import DeadLetter
 
 ACTIONS = ("list", "replay", "purge")
+HEADERS = ["id", "attempts", "error", "age"]
+"""The columns of ``clusterbus dlq list``."""
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,44 +48,35 @@ def _age(failed_at: float, now: float) -> str:
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def shown(text: object) -> Text:
-    """``text`` as plain rich text: never read as markup (``[/]``, ``[bold]`` stay as they
-    are); control characters (terminal escapes a peer could forge) and lone surrogates are
-    shown as escapes."""
+def shown(text: object) -> str:
+    """``text`` as it may be printed: control characters (terminal escapes a peer could forge)
+    and lone surrogates become escapes; the rest, ``[/]`` or ``[bold]`` included, is left as
+    it is (the terminal prints it literally, never as markup)."""
     safe = str(text).encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
-    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", safe))
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", safe)
 
 
-def table(channel: str, letters: list[DeadLetter]) -> Table:
-    """The rich table of ``letters``: id, attempts, error, age (data never read as markup)."""
+def print_table(terminal: Terminal, channel: str, letters: list[DeadLetter]) -> None:
+    """Print the table of ``letters``: id, attempts, error, age (data printed literally)."""
     now = time.time()
-    view = Table(title=shown(f"dead letters of {channel!r} ({len(letters)})"))
-    view.add_column("id", no_wrap=True)
-    view.add_column("attempts", justify="right")
-    view.add_column("error")
-    view.add_column("age", justify="right")
-    for letter in letters:
-        view.add_row(
-            shown(letter.id),
-            shown(letter.attempts),
-            shown(letter.error),
-            shown(_age(letter.failed_at, now)),
-        )
-    return view
+    rows = [
+        [shown(letter.id), shown(letter.attempts), shown(letter.error), _age(letter.failed_at, now)]
+        for letter in letters
+    ]
+    terminal.table(shown(f"dead letters of {channel!r} ({len(letters)})"), HEADERS, rows)
 
 
-async def run(console: Console, args: argparse.Namespace, settings: Settings) -> int:
+async def run(terminal: Terminal, args: argparse.Namespace, settings: Settings) -> int:
     """Carry out ``clusterbus dlq ACTION CHANNEL``; the exit status."""
     async with Bus(args.app, amqp_url=args.amqp_url, settings=settings) as bus:
         queue = bus.queue
         if args.action == "list":
-            console.print(
-                table(args.channel, await queue.dead_letters(args.channel, shared=args.shared))
-            )
+            letters = await queue.dead_letters(args.channel, shared=args.shared)
+            print_table(terminal, args.channel, letters)
         elif args.action == "replay":
             moved = await queue.replay(args.channel, args.ids, shared=args.shared)
-            console.print(f"replayed {moved} message(s) to {args.channel!r}", markup=False)
+            terminal.print(f"replayed {moved} message(s) to {args.channel!r}")
         else:
             purged = await queue.purge_dead(args.channel, shared=args.shared)
-            console.print(f"purged {purged} dead letter(s) of {args.channel!r}", markup=False)
+            terminal.print(f"purged {purged} dead letter(s) of {args.channel!r}")
     return 0

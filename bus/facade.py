@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Literal, Self
 
 from pydantic import SecretStr
 
+from bus.backend import Backend, Mode, make_backend
 from bus.codec import MsgpackCodec
 from bus.instance import new_instance_id
-from bus.logs import configure_logging, get_logger
-from bus.memory import MemoryBroadcast, MemoryHub, MemoryLocks, MemoryQueues, default_hub
+from bus.logs import get_logger
+from bus.memory.hub import MemoryHub
 from bus.settings import Settings
 from bus.stores.memory import MemoryStore
 from bus.stores.redis import RedisStore
@@ -25,7 +26,7 @@ from managers.cache_manager import INVALIDATION_CHANNEL, CacheManager, StoreKind
 from managers.errors import BusError
 from managers.locks import LockManager
 from managers.names import validate_app_name
-from managers.protocols import BroadcastBackend, CacheStore, LockBackend, QueueBackend
+from managers.protocols import CacheStore
 from managers.pubsub import PubSubManager
 from managers.queue import EventQueue
 from managers.sync import SyncMessageManager
@@ -34,7 +35,6 @@ from managers.tasks import TaskKeeper
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-Mode = Literal["memory", "amqp"]
 Step = Callable[[], Awaitable[object]]
 
 
@@ -45,9 +45,12 @@ def _step_name(step: Step) -> str:
 class Bus:
     """One instance of an app in the cluster.
 
-    ``Bus("crm")`` runs in memory mode unless ``CLUSTERBUS_AMQP_URL`` is set;
-    ``Bus("crm", amqp_url=...)`` on RabbitMQ; ``Bus("crm", hub=MemoryHub())`` in memory mode on
-    an isolated hub. Use ``async with Bus(...) as bus:`` or ``start()``/``stop()``.
+    ``Bus("crm")`` follows the ``mode`` setting (``auto``: amqp when ``CLUSTERBUS_AMQP_URL``
+    is set, else memory, with a warning at start); ``Bus("crm", amqp_url=...)`` on RabbitMQ;
+    ``Bus("crm", hub=MemoryHub())`` in memory mode on an isolated hub. ``backend=`` hands the
+    bus a :class:`~bus.backend.Backend` of the caller's (tests use it to inject faults);
+    otherwise :func:`~bus.backend.make_backend` builds one from the settings. Use
+    ``async with Bus(...) as bus:`` or ``start()``/``stop()``.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Bus:
         amqp_url: str | None = None,
         hub: MemoryHub | None = None,
         settings: Settings | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.name: str = validate_app_name(name)
         base = settings if settings is not None else Settings()
@@ -64,53 +68,41 @@ class Bus:
             if hub is not None:
                 raise ValueError("pass either amqp_url= (amqp mode) or hub= (memory mode)")
             base = Settings.model_validate({**base.model_dump(), "amqp_url": SecretStr(amqp_url)})
+        if hub is not None and base.mode == "amqp":
+            raise ValueError("hub= runs a bus in memory mode, but the mode setting is 'amqp'")
         self.settings: Settings = base
-        self.mode: Mode = "amqp" if base.amqp_url is not None and hub is None else "memory"
         self.instance_id: str = new_instance_id()
-        configure_logging(base.log_level, base.log_format)
-        self.log = get_logger(app=self.name, instance=self.instance_id)
+        self.log = get_logger("clusterbus.bus", app=self.name, instance=self.instance_id)
         self.codec = MsgpackCodec(base.max_message_bytes)
-        self.hub: MemoryHub | None = None
-        self._transport = None
-        broadcast: BroadcastBackend
-        queues: QueueBackend
-        locks: LockBackend
-        peers: Callable[[], int] | None = None
-        if self.mode == "amqp":
-            from bus.amqp import AmqpBroadcast, AmqpLocks, AmqpQueues, AmqpTransport
-
-            transport = AmqpTransport(
-                base, app=self.name, instance_id=self.instance_id, log=self.log
+        self._backend: Backend = (
+            backend
+            if backend is not None
+            else make_backend(
+                base, app=self.name, instance_id=self.instance_id, log=self.log, hub=hub
             )
-            self._transport = transport
-            broadcast = AmqpBroadcast(transport, self.log)
-            queues = AmqpQueues(transport, self.log)
-            locks = AmqpLocks(transport, self.log)
-        else:
-            self.hub = hub if hub is not None else default_hub()
-            endpoint = MemoryBroadcast(
-                self.hub, self.name, base.pubsub_prefetch, base.pubsub_max_backlog, self.log
-            )
-            broadcast = endpoint
-            queues = MemoryQueues(self.hub, self.name, base.storage_dir, self.log)
-            locks = MemoryLocks(self.hub.lock_table(self.name))
-            peers = functools.partial(self.hub.listeners, self.name, INVALIDATION_CHANNEL, endpoint)
+        )
+        self.mode: Mode = self._backend.mode
+        self.hub: MemoryHub | None = self._backend.hub
+        # chosen by default rather than asked for: say so once, at start
+        self._implicit_memory = (
+            self.mode == "memory" and hub is None and backend is None and base.mode == "auto"
+        )
         context = {"app": self.name, "instance": self.instance_id}  # bound for every handler
         self.pubsub = PubSubManager(
             app=self.name,
             instance_id=self.instance_id,
-            backend=broadcast,
+            backend=self._backend.broadcast,
             codec=self.codec,
-            log=self.log,
+            log=self.log.named("pubsub"),
             stop_timeout=base.stop_timeout,
             context=context,
         )
         self.queue = EventQueue(
             app=self.name,
             instance_id=self.instance_id,
-            backend=queues,
+            backend=self._backend.queues,
             codec=self.codec,
-            log=self.log,
+            log=self.log.named("queue"),
             retry_delay=base.retry_delay,
             retry_delay_max=base.retry_delay_max,
             stop_timeout=base.stop_timeout,
@@ -120,12 +112,14 @@ class Bus:
         self.sync = SyncMessageManager(
             pubsub=self.pubsub,
             codec=self.codec,
-            log=self.log,
+            log=self.log.named("sync"),
             debounce=base.sync_debounce,
             hooks_for=hooks_for,
             publish_timeout=base.publish_timeout,
         )
-        self.locks = LockManager(backend=locks, log=self.log, stop_timeout=base.stop_timeout)
+        self.locks = LockManager(
+            backend=self._backend.locks, log=self.log.named("locks"), stop_timeout=base.stop_timeout
+        )
         self._redis: Redis | None = None
         self.cache_manager = CacheManager(
             app=self.name,
@@ -134,13 +128,12 @@ class Bus:
             store_factory=self._make_store,
             default_store=base.cache_store,
             default_max_size=base.cache_max_size,
-            log=self.log,
-            peers=peers,
+            log=self.log.named("cache"),
+            peers=functools.partial(self._backend.listeners, INVALIDATION_CHANNEL),
         )
         self.cache: Cache = self.cache_manager.default
         self._background = TaskKeeper(self.log, "bus")
-        if self._transport is not None:
-            self._transport.reconnect_listeners.append(self._after_reconnect)
+        self._backend.on_reconnect(self._after_reconnect)
         self._state: Literal["new", "started", "stopped"] = "new"
 
     def _make_store(self, kind: StoreKind, max_size: int) -> CacheStore:
@@ -150,7 +143,7 @@ class Bus:
             if self.settings.redis_url is None:
                 raise BusError("a redis cache store needs the redis_url setting")
             self._redis = connect_redis(self.settings.redis_url.get_secret_value())
-        return RedisStore(self._redis, log=self.log, owns_client=False)
+        return RedisStore(self._redis, log=self.log.named("cache"), owns_client=False)
 
     def _after_reconnect(self) -> None:
         """Memory caches may have missed invalidations while the connection was down."""
@@ -178,8 +171,7 @@ class Bus:
         # not start and undoes whatever a start did before it failed
         undo: list[Step] = [self._close, self.cache_manager.close]
         try:
-            if self._transport is not None:
-                await self._transport.connect()
+            await self._backend.connect()
             await self.cache_manager.start()
             for manager in (self.pubsub, self.queue, self.locks):
                 undo.append(manager.stop)
@@ -189,6 +181,13 @@ class Bus:
             raise
         self._state = "started"
         self.log.info("bus.started", mode=self.mode, amqp_url=self.settings.amqp_url_redacted())
+        if self._implicit_memory:
+            self.log.warning(
+                "bus.memory_mode",
+                detail="no amqp_url is set, so this bus runs in memory mode: locks, caches "
+                "and messages reach this process only; set CLUSTERBUS_AMQP_URL for a cluster, "
+                "or CLUSTERBUS_MODE=memory to choose memory mode and silence this warning",
+            )
 
     async def _undo_start(self, undo: list[Step]) -> None:
         """Leave nothing running after a failed start (no subscription, hub membership,
@@ -263,8 +262,7 @@ class Bus:
         if self._redis is not None:
             redis, self._redis = self._redis, None
             await redis.aclose()
-        if self._transport is not None:
-            await self._transport.close()
+        await self._backend.close()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -202,6 +202,13 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
+    mode: Literal["auto", "memory", "amqp"] = Field(
+        default="auto",
+        description=(
+            "auto: amqp when amqp_url is set, else memory (with a warning at start); memory: "
+            "in process even when a URL is set; amqp: amqp_url must be set."
+        ),
+    )
     amqp_url: SecretStr | None = Field(
         default=None,
         description=(
@@ -259,10 +266,15 @@ class Settings(BaseSettings):
     )
     cache_max_size: int = Field(default=10_000, gt=0, description="Default LRU size of caches.")
     log_format: Literal["json", "console", "auto"] = Field(
-        default="auto", description="json, console, or auto (console on a terminal)."
+        default="auto",
+        description=(
+            "json, console, or auto (console on a terminal), for the CLI and the runner: "
+            "a Bus never configures logging."
+        ),
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        default="INFO", description="Lowest level logged; per-message events are DEBUG."
+        default="INFO",
+        description="Lowest level the CLI and the runner log; per-message events are DEBUG.",
     )
     max_message_bytes: int = Field(
         default=8 * 1024 * 1024,
@@ -324,6 +336,15 @@ class Settings(BaseSettings):
         return _check_url(value, ("redis", "rediss", "unix"), "redis_url")
 
     @model_validator(mode="after")
+    def _url_for_amqp_mode(self) -> Settings:
+        if self.mode == "amqp" and self.amqp_url is None:
+            raise ValueError(
+                "mode is 'amqp' but amqp_url is not set (env CLUSTERBUS_AMQP_URL); set it, or "
+                "set mode to 'memory' or 'auto'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _redis_for_redis_store(self) -> Settings:
         if self.cache_store == "redis" and self.redis_url is None:
             raise ValueError("cache_store is 'redis' but redis_url is not set")
@@ -348,6 +369,13 @@ class Settings(BaseSettings):
         if self.lock_queue_type is None:  # frozen model: set once, while validating
             object.__setattr__(self, "lock_queue_type", self.queue_type)
         return self
+
+    def resolved_mode(self) -> Literal["memory", "amqp"]:
+        """The mode a bus with these settings runs in: ``mode``, with ``auto`` resolved
+        (amqp when ``amqp_url`` is set)."""
+        if self.mode == "auto":
+            return "memory" if self.amqp_url is None else "amqp"
+        return self.mode
 
     def amqp_urls(self) -> list[str]:
         """The URLs of ``amqp_url`` (secret: never log them; empty in memory mode)."""

@@ -178,7 +178,7 @@ def _run_quietly(callbacks: Iterable[Callable[[], object]]) -> None:
         try:
             callback()
         except Exception:
-            get_logger().exception("sync.commit_callback_failed")
+            get_logger("clusterbus.sync").exception("sync.commit_callback_failed")
 
 
 _pending: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()

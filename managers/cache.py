@@ -8,9 +8,9 @@ import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from structlog.typing import FilteringBoundLogger
-
 from managers.errors import PayloadError
+from managers.logger import Logger
+from managers.names import cache_key_prefix
 from managers.protocols import CacheStore, Codec
 from managers.tasks import TaskKeeper
 
@@ -64,7 +64,7 @@ class Cache:
         ttl: float | None,
         codec: Codec,
         invalidate: Invalidator,
-        log: FilteringBoundLogger,
+        log: Logger,
     ) -> None:
         self.name = name
         self.prefix = prefix
@@ -74,7 +74,7 @@ class Cache:
         self._codec = codec
         self._invalidate = invalidate
         self._log = log
-        self._head = f"{app}:{prefix}:"
+        self._head = cache_key_prefix(app, prefix)
         self._flights: dict[str, _Flight] = {}
         self._fills = TaskKeeper(log, f"cache {name}")
         self._epoch = 0  # bumped by every invalidation received: fills started before it lose

@@ -7,10 +7,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Literal
 
-from structlog.typing import FilteringBoundLogger
-
 from managers.cache import Cache, check_ttl
 from managers.errors import BusError, InvalidName
+from managers.logger import Logger
 from managers.names import validate_channel
 from managers.protocols import CacheStore, Codec
 from managers.pubsub import PubSubManager
@@ -27,8 +26,8 @@ class CacheManager:
     """Creates and finds the caches of an instance (``bus.cache_manager``).
 
     Writes to ``memory`` caches are announced on the pub/sub channel ``cache.invalidate``,
-    and each writer returns once its announcement was published. On a broker (``peers`` is
-    None: who listens is unknown), writes of the same event-loop turn share one message,
+    and each writer returns once its announcement was published. On a broker (``peers()``
+    is None: who listens is unknown), writes of the same event-loop turn share one message,
     confirmed by the broker. On the in-process hub publishing never waits, so each write
     publishes at once, and only when ``peers()`` says another instance listens.
 
@@ -47,8 +46,8 @@ class CacheManager:
         store_factory: StoreFactory,
         default_store: StoreKind,
         default_max_size: int,
-        log: FilteringBoundLogger,
-        peers: Callable[[], int] | None = None,
+        log: Logger,
+        peers: Callable[[], int | None] | None = None,
     ) -> None:
         self._app = app
         self._pubsub = pubsub
@@ -159,8 +158,9 @@ class CacheManager:
         """Queue an invalidation and wait until the batch that carries it is published."""
         if not self._open:
             return  # not started (nobody can hold this instance's writes) or closed
-        if self._peers is not None:
-            if self._peers():
+        listening = None if self._peers is None else self._peers()
+        if listening is not None:  # known (the hub): publish now, and only to listeners
+            if listening:
                 await self._publish([{"cache": cache, "keys": keys}])
             return
         if keys is None:

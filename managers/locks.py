@@ -10,9 +10,8 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from structlog.typing import FilteringBoundLogger
-
 from managers.errors import BusError, LockAcquireError, LockLost, LockReentryError
+from managers.logger import Logger
 from managers.protocols import LockBackend, LockHold
 from managers.tasks import TaskKeeper
 
@@ -100,9 +99,7 @@ class _LocalTurns:
 class LockManager:
     """Cross-instance locks over a :class:`~managers.protocols.LockBackend`."""
 
-    def __init__(
-        self, *, backend: LockBackend, log: FilteringBoundLogger, stop_timeout: float = 10.0
-    ) -> None:
+    def __init__(self, *, backend: LockBackend, log: Logger, stop_timeout: float = 10.0) -> None:
         self._backend = backend
         self._log = log
         self._stop_timeout = stop_timeout

@@ -1,4 +1,5 @@
-"""Validation of the names that reach the wire (app names, channel names, queue names).
+"""Every name that reaches the wire: how each is built and validated (app names, channel
+names, exchanges, queues, lock queues, cache keys): the one module that knows them.
 
 Internal names live where user names cannot reach (SPEC, "Names never collide with internal
 ones"):
@@ -24,6 +25,7 @@ exchange names, which the client enforces), so an over-long name raises
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from managers.errors import InvalidName
@@ -181,3 +183,60 @@ def check_message_id(message_id: object) -> str:
             f"{MAX_MESSAGE_ID_LENGTH} letters, digits, '-' or '_'"
         )
     return message_id
+
+
+# building the names ----------------------------------------------------------------------
+
+_PLAIN = re.compile(r"[A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def pubsub_exchange(app: str, channel: str) -> str:
+    """Fanout exchange of pub/sub channel ``channel``: ``<app>.pubsub.<channel>`` (its length
+    is checked at subscribe and publish: :func:`check_pubsub_channel`)."""
+    return pubsub_name(app, channel)
+
+
+def pubsub_prefix(app: str) -> str:
+    """The common prefix of every pub/sub exchange of ``app``."""
+    return f"{app}{PUBSUB_SEGMENT}"
+
+
+def instance_queue(app: str, instance_id: str) -> str:
+    """The exclusive, auto-delete queue that receives every channel an instance subscribes to:
+    ``<app>.instance.<id>``, within 255 bytes for any valid app (an instance id is at most
+    :data:`MAX_INSTANCE_ID_LENGTH` characters; ``bus.instance``)."""
+    return f"{app}{INSTANCE_SEGMENT}{instance_id}"
+
+
+def dead_queue(queue: str) -> str:
+    """The dead queue of work queue ``queue``: ``<queue>.dead`` (no queue channel ends with
+    ``.dead``: see this module's docstring)."""
+    return f"{queue}{DEAD_SUFFIX}"
+
+
+def delay_queue(queue: str, delay: float) -> str:
+    """The delay tier of ``queue`` holding messages ``delay`` seconds: ``<queue>.retry.<ms>``
+    (no queue channel ends with ``.retry.<digits>``: see this module's docstring)."""
+    return f"{queue}{tier_suffix(delay)}"
+
+
+def lock_queue(app: str, key: str) -> str:
+    """The single-active-consumer queue of lock ``key``: ``<app>.lock.<key>``. A key that is
+    long or holds characters outside letters, digits, ``.``, ``_``, ``-`` is hashed:
+    ``<app>.lock-h.<readable part>.<sha256 prefix>``."""
+    if len(key) <= 120 and _PLAIN.fullmatch(key):
+        return f"{app}.lock.{key}"
+    readable = _UNSAFE.sub("_", key)[:60]
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{app}.lock-h.{readable}.{digest}"  # "lock-h": never equal to a plain key's name
+
+
+def app_queue_prefix(app: str) -> str:
+    """The common prefix of the event queues of ``app`` (not the shared ones)."""
+    return f"{app}.queue."
+
+
+def cache_key_prefix(app: str, prefix: str) -> str:
+    """Keys of cache ``prefix`` of ``app`` in a store: ``<app>:<prefix>:<key>``."""
+    return f"{app}:{prefix}:"

@@ -10,11 +10,12 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel
-from structlog.typing import FilteringBoundLogger
 
 from managers.debounce import Debouncer
 from managers.envelope import Envelope
 from managers.errors import BusError, PayloadError
+from managers.handler_checks import check_handler
+from managers.logger import Logger
 from managers.names import check_pubsub_channel
 from managers.protocols import BroadcastBackend, Codec
 from managers.tasks import TaskKeeper, cancel_after
@@ -65,7 +66,7 @@ class PubSubManager:
         instance_id: str,
         backend: BroadcastBackend,
         codec: Codec,
-        log: FilteringBoundLogger,
+        log: Logger,
         stop_timeout: float,
         context: dict[str, str],
         app: str | None = None,
@@ -77,7 +78,7 @@ class PubSubManager:
         self._log = log
         self._stop_timeout = stop_timeout
         self._context = context
-        self._debug = log.is_enabled_for(logging.DEBUG)
+        self._log_debug = log
         self._subs: dict[str, dict[Handler, Subscription]] = {}
         self._bound: set[str] = set()
         self._bind_lock = asyncio.Lock()
@@ -171,9 +172,11 @@ class PubSubManager:
         ``debounce`` seconds after the last. With ``model``, payloads are validated into it.
         A channel name that is not valid, or whose exchange ``<app>.pubsub.<channel>`` would
         exceed 127 bytes (AMQP's limit on exchange names), raises
-        :class:`~managers.errors.InvalidName`.
+        :class:`~managers.errors.InvalidName`; a ``handler`` that is not an async function
+        raises :class:`TypeError` naming the channel (nothing is subscribed).
         """
         self.check_channel(channel)
+        check_handler(channel, handler, what="pub/sub handler")
         if debounce < 0:
             raise ValueError(f"debounce must be >= 0 seconds, got {debounce!r}")
         handlers = self._subs.setdefault(channel, {})
@@ -253,7 +256,7 @@ class PubSubManager:
             if not self._started:
                 raise BusError(f"cannot publish on {channel!r}: the bus is not started")
             await self._backend.publish(channel, envelope)
-        if self._debug:
+        if self._log_debug.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "pubsub.publish",
                 channel=channel,
@@ -334,7 +337,7 @@ class PubSubManager:
         value: object,
     ) -> None:
         """Call the immediate handlers now (concurrently) and schedule the debounced ones."""
-        if self._debug:
+        if self._log_debug.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "pubsub.deliver",
                 channel=channel,

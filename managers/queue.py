@@ -10,10 +10,11 @@ import time
 from collections.abc import Collection
 
 from pydantic import BaseModel
-from structlog.typing import FilteringBoundLogger
 
 from managers.envelope import Envelope
 from managers.errors import BusError, PayloadError
+from managers.handler_checks import check_process
+from managers.logger import Logger
 from managers.names import DEAD_SUFFIX, MAX_DELAY, check_message_id, queue_name, tier_suffix
 from managers.protocols import Codec, QueueBackend
 from managers.queue_dedupe import CompletedIds
@@ -51,7 +52,7 @@ class EventQueue:
         instance_id: str,
         backend: QueueBackend,
         codec: Codec,
-        log: FilteringBoundLogger,
+        log: Logger,
         retry_delay: float,
         retry_delay_max: float,
         stop_timeout: float,
@@ -69,7 +70,7 @@ class EventQueue:
         self._stop_timeout = stop_timeout
         self._consumer_timeout = consumer_timeout
         self._context = context
-        self._debug = log.is_enabled_for(logging.DEBUG)
+        self._log_debug = log
         self._subs: dict[str, QueueSubscription] = {}
         self._worker = QueueWorker(
             instance_id=instance_id,
@@ -165,9 +166,12 @@ class EventQueue:
         (a publish retried with the same ``message_id``, a redelivery after a lost ack).
         Only this instance's completions count (see :mod:`managers.queue_dedupe`).
 
-        A second subscribe on one channel (``shared`` counts) raises :class:`BusError`.
+        A second subscribe on one channel (``shared`` counts) raises :class:`BusError`; a
+        ``process`` that is not an async function taking ``(message, ctx)`` raises
+        :class:`TypeError` naming the channel (nothing is subscribed).
         """
         queue = self._queue(channel, shared)
+        check_process(channel, process)
         if not _seconds(dedupe) or dedupe < 0:
             raise ValueError(f"dedupe must be a number of seconds >= 0, got {dedupe!r}")
         if queue in self._subs:
@@ -249,7 +253,7 @@ class EventQueue:
             body, sender=self._instance_id, headers=headers, message_id=message_id
         )
         await self._backend.publish(queue, envelope, self._tiers.hop(delay) if delay > 0 else 0)
-        if self._debug:
+        if self._log_debug.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "queue.publish",
                 channel=channel,

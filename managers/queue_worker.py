@@ -13,10 +13,10 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel
-from structlog.typing import FilteringBoundLogger
 
 from managers.envelope import Envelope
 from managers.errors import BusError, BusUnavailable, PayloadError
+from managers.logger import Logger
 from managers.protocols import Codec, QueueConsumer, QueueDelivery
 from managers.queue_dedupe import CompletedIds
 from managers.queue_messages import (
@@ -79,7 +79,7 @@ class QueueWorker:
         *,
         instance_id: str,
         codec: Codec,
-        log: FilteringBoundLogger,
+        log: Logger,
         tiers: DelayTiers,
         context: dict[str, str],
         max_timeout: float = MAX_HEADER_TIMEOUT,
@@ -90,7 +90,7 @@ class QueueWorker:
         self._log = log
         self._tiers = tiers
         self._context = context
-        self._debug = log.is_enabled_for(logging.DEBUG)
+        self._log_debug = log
         self._tasks = TaskKeeper(log, "queue")
         self._requeue_delay = max(MIN_REQUEUE_DELAY, tiers.first)
         self._halt = asyncio.Event()
@@ -269,7 +269,7 @@ class QueueWorker:
                 sub, delivery, f"PayloadError: {exc}", attempt=ctx.attempt, attempts=ctx.attempt
             )
             return
-        if self._debug:
+        if self._log_debug.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "queue.start", attempt=ctx.attempt, redelivered=ctx.redelivered, timeout=ctx.timeout
             )
@@ -282,7 +282,7 @@ class QueueWorker:
             self._log.warning("queue.left_queued", attempt=ctx.attempt, reason="consumer closed")
             return
         if error is None:
-            if self._debug:
+            if self._log_debug.is_enabled_for(logging.DEBUG):
                 self._log.debug("queue.success", attempt=ctx.attempt, seconds=took)
             if await self._ack(delivery) and sub.completed is not None:
                 sub.completed.add(envelope.message_id)

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pydantic import BaseModel
-from structlog.typing import FilteringBoundLogger
 
 from managers.envelope import current_trace_id
 from managers.errors import BusError
+from managers.handler_checks import check_handler
+from managers.logger import Logger
 from managers.names import validate_channel
 from managers.protocols import Codec
 from managers.pubsub import Handler, PubSubManager, Subscription
@@ -45,7 +46,7 @@ class SyncMessageManager:
         *,
         pubsub: PubSubManager,
         codec: Codec,
-        log: FilteringBoundLogger,
+        log: Logger,
         debounce: float,
         hooks_for: HooksFor,
         publish_timeout: float,
@@ -62,10 +63,11 @@ class SyncMessageManager:
         self, channel: str, handler: Handler, *, model: type[BaseModel] | None = None
     ) -> Subscription:
         """Call ``handler(message)`` for sync messages of ``channel`` from other instances,
-        debounced by ``sync_debounce`` seconds."""
-        return await self._pubsub.subscribe(
-            _wire(channel), handler, debounce=self._debounce, model=model
-        )
+        debounced by ``sync_debounce`` seconds. A ``handler`` that is not an async function
+        raises :class:`TypeError` naming the channel (after the name's own checks)."""
+        wire = self._pubsub.check_channel(_wire(channel))
+        check_handler(channel, handler, what="sync handler")
+        return await self._pubsub.subscribe(wire, handler, debounce=self._debounce, model=model)
 
     async def unsubscribe(self, channel: str, handler: Handler) -> None:
         """Remove ``handler`` from ``channel``."""

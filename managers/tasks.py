@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from structlog.typing import FilteringBoundLogger
+from managers.logger import Logger
 
 T = TypeVar("T")
 
@@ -24,7 +24,7 @@ CANCEL_GRACE = 1.0
 class TaskKeeper:
     """The tasks of one component (``what`` names it in log lines)."""
 
-    def __init__(self, log: FilteringBoundLogger, what: str) -> None:
+    def __init__(self, log: Logger, what: str) -> None:
         self._log = log
         self._what = what
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -117,7 +117,7 @@ class TaskKeeper:
 
 
 async def cancel_after(
-    tasks: set[asyncio.Task[Any]], timeout: float, log: FilteringBoundLogger, what: str
+    tasks: set[asyncio.Task[Any]], timeout: float, log: Logger, what: str
 ) -> int:
     """Wait up to ``timeout`` for ``tasks``, cancel the late ones, give them
     :data:`CANCEL_GRACE` to unwind; returns how many were cancelled. Never waits longer than

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
-from bus import Bus, MemoryHub, Settings
-from managers.errors import BusError
+from bus import Bus, BusError, MemoryHub, Settings
 from plugins.plugin import Plugin
 
 P = TypeVar("P", bound=Plugin)
@@ -69,8 +69,16 @@ class App:
         """
         if self._state != "new":
             raise BusError(f"app {self.name!r} was started already")
-        self._state = "started"
         plugins = list(self.plugins.values())
+        for plugin in plugins:  # refused before anything runs, like bus.sync.subscribe
+            if type(plugin).handles_sync_messages() and not inspect.iscoroutinefunction(
+                plugin.handle_sync_message
+            ):
+                raise TypeError(
+                    f"sync handler for channel {plugin.name!r} must be an async function: "
+                    f"{type(plugin).__qualname__}.handle_sync_message is not 'async def'"
+                )
+        self._state = "started"
         try:
             for plugin in plugins:
                 await plugin.before_load()

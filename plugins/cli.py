@@ -1,4 +1,10 @@
-"""The ``clusterbus`` console script: the bus's commands plus ``demo`` and ``node``."""
+"""The ``clusterbus`` console script: the bus's commands plus ``demo`` and ``node``.
+
+Only the bus's dependencies are imported here: the demo (:mod:`plugins.demo.app`,
+:mod:`plugins.demo.node`) needs the ``demo`` extra (SQLAlchemy, rich) and is imported by its
+commands, so ``clusterbus --help``, ``settings`` and ``dlq`` work from the wheel without
+extras; they print through :class:`bus.terminal.Terminal`, in colour when rich is installed.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,15 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
-from rich.console import Console
 
 from bus import cli as bus_cli
 from bus.logs import configure_logging
 from bus.settings import Settings
-from plugins.demo_node import APP_NAME
+from bus.terminal import Terminal
+from plugins.demo import APP_NAME
+
+EXTRAS = {"sqlalchemy": "demo", "aiosqlite": "demo", "rich": "demo", "psycopg": "postgres"}
+"""The extra that installs each optional module the demo imports."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,37 +51,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     node.add_argument("--log-file", default=None, help="JSON logs here (default: stderr)")
     args = root.parse_args(argv)
-    console = Console()
-    settings = bus_cli.load_settings(console)
+    terminal = Terminal()
+    settings = bus_cli.load_settings(terminal)
     if settings is None:
         return 2
     if args.command in bus_cli.BUS_COMMANDS:
-        return bus_cli.run(args, console, settings)
+        return bus_cli.run(args, terminal, settings)
     if args.command == "node":
         try:
             return _node(args, settings)
         except Exception as exc:  # a command line reports in one line, it does not trace back
-            return _failed(console, "node", exc)
-    from plugins.demo import run_demo
+            return _failed(terminal, "node", exc)
+    try:  # the demo extra: SQLAlchemy for the example plugins, rich for the narrative
+        from rich.console import Console
+
+        from plugins.demo.app import run_demo
+    except ImportError as exc:  # an extra missing, most likely
+        return _failed(terminal, "demo", exc)
 
     with open(args.log_file, "a", encoding="utf-8") as log_file:
-        configure_logging("DEBUG", "json", force=True, file=log_file)
+        configure_logging(format="json", level="DEBUG", file=log_file)
         try:
-            code = asyncio.run(run_demo(console, args.amqp_url, settings, args.log_file))
+            code = asyncio.run(run_demo(Console(), args.amqp_url, settings, args.log_file))
         except Exception as exc:  # a command line reports in one line, it does not trace back
-            code = _failed(console, "demo", exc)
-    console.print(f"structured logs: {args.log_file}")
+            code = _failed(terminal, "demo", exc)
+    terminal.print(f"structured logs: {args.log_file}")
     return code
 
 
-def _failed(console: Console, command: str, exc: Exception) -> int:
+def _failed(terminal: Terminal, command: str, exc: Exception) -> int:
     """Print why ``command`` failed (one redacted line); its exit status."""
-    console.print(bus_cli.failure(command, exc), style="red", markup=False, soft_wrap=True)
+    extra = _missing_extra(exc)
+    if extra is not None:
+        line = f"{command} needs the {extra} extra: pip install 'clusterbus[{extra}]'"
+        terminal.print(line, style="red")
+        return 2
+    terminal.print(bus_cli.failure(command, exc), style="red")
     return 2 if isinstance(exc, ValidationError) else 1
 
 
+def _missing_extra(exc: BaseException) -> str | None:
+    """The extra to install when ``exc`` is an optional module's absence, else None."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    return EXTRAS.get(exc.name.partition(".")[0])
+
+
 def _node(args: argparse.Namespace, settings: Settings) -> int:
-    from plugins.demo_node import run_node
+    from plugins.demo.node import run_node  # needs the demo extra: imported on use
 
     with contextlib.ExitStack() as files:
         target = (
@@ -81,7 +107,7 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
             else None
         )
         configure_logging(
-            settings.log_level, "json" if target else settings.log_format, force=True, file=target
+            format="json" if target else settings.log_format, level=settings.log_level, file=target
         )
         return asyncio.run(
             run_node(

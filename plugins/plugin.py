@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from structlog.typing import FilteringBoundLogger
-
-from bus import Bus, BusError, PayloadError
-from managers.names import validate_channel
+from bus import Bus, BusError, BusLogger, PayloadError
+from bus.names import validate_channel
 
 if TYPE_CHECKING:
     from plugins.app import App
@@ -28,7 +26,7 @@ class Plugin:
         validate_channel(type(self).name)
         self.app = app
         self.options: dict[str, Any] = options
-        self.log: FilteringBoundLogger = app.bus.log.bind(plugin=self.name)
+        self.log: BusLogger = app.bus.log.named("plugins").bind(plugin=self.name)
 
     @property
     def bus(self) -> Bus:

@@ -31,7 +31,7 @@ SESSION_STORAGE = Path(tempfile.mkdtemp(prefix="clusterbus-tests-"))
 
 BusFactory = Callable[..., Awaitable[Bus]]
 
-configure_logging("WARNING", "console", force=True)
+configure_logging(format="console", level="WARNING")
 
 
 def broker_reachable(url: str = AMQP_URL, timeout: float = 3.0) -> str | None:
@@ -197,14 +197,14 @@ async def make_bus(backend: str, tmp_path: Path) -> AsyncIterator[BusFactory]:
 @pytest.fixture
 def debug_logs() -> Iterator[list[MutableMapping[str, Any]]]:
     """Capture every structlog event (DEBUG and up) emitted by buses created in the test."""
-    configure_logging("DEBUG", "console", force=True)
+    configure_logging(format="console", level="DEBUG")
     try:
         with structlog.testing.capture_logs(
             processors=[structlog.contextvars.merge_contextvars]
         ) as logs:
             yield logs
     finally:
-        configure_logging("WARNING", "console", force=True)
+        configure_logging(format="console", level="WARNING")
 
 
 async def eventually(

@@ -11,13 +11,13 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustQueue,
 )
-from structlog.typing import FilteringBoundLogger
 
 from bus.amqp.declarations import Declarations
 from bus.amqp.envelopes import to_envelope, to_message
-from bus.amqp.topology import instance_queue, pubsub_exchange, pubsub_prefix
 from bus.amqp.transport import AmqpTransport, quietly
 from managers.envelope import Envelope
+from managers.logger import Logger
+from managers.names import instance_queue, pubsub_exchange, pubsub_prefix
 from managers.protocols import Receiver
 from managers.tasks import TaskKeeper
 
@@ -38,7 +38,7 @@ class AmqpBroadcast:
     manager's call, as in memory mode and as for event queues (``bus.amqp.queues``).
     """
 
-    def __init__(self, transport: AmqpTransport, log: FilteringBoundLogger) -> None:
+    def __init__(self, transport: AmqpTransport, log: Logger) -> None:
         self._transport = transport
         self._log = log
         self._app = transport.app

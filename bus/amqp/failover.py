@@ -13,7 +13,9 @@ the hook disappears).
 
 from __future__ import annotations
 
+import logging
 import random
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -47,7 +49,17 @@ class FailoverConnection(aio_pika.RobustConnection):
         self._urls = list(urls)
         self._next = first % len(self._urls)
         self.attempt_timeout: float | None = None  # bound of each later attempt (None: none)
+        self.failed_attempts = 0
+        """Attempts that failed since the connection was last up (the outage's so far)."""
+        self.lost_at: float | None = None
+        """``time.monotonic()`` when the connection was lost (None while it is up)."""
         super().__init__(self._urls[self._next], **kwargs)
+
+    def outage_over(self) -> tuple[int, float]:
+        """Mark the connection up again: the outage's failed attempts and its length (s)."""
+        attempts, lost_at = self.failed_attempts, self.lost_at
+        self.failed_attempts, self.lost_at = 0, None
+        return attempts, 0.0 if lost_at is None else time.monotonic() - lost_at
 
     def __str__(self) -> str:  # aio-pika logs connections by str(): never the password
         return redact_url(str(self.url))
@@ -57,4 +69,32 @@ class FailoverConnection(aio_pika.RobustConnection):
         self._next = (self._next + 1) % len(self._urls)
         if self.attempt_timeout is not None:
             setattr(self, _TIMEOUT, self.attempt_timeout)
-        await getattr(super(), _HOOK)()
+        try:
+            await getattr(super(), _HOOK)()
+        except BaseException:
+            self.failed_attempts += 1
+            raise
+
+
+class _OnePerOutage(logging.Filter):
+    """Lets through aio-pika's "Connection attempt ... failed" warning once per outage of a
+    :class:`FailoverConnection` (its first failed attempt); the transport logs a summary when
+    the connection is back. Records about other connections pass untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            isinstance(args, tuple)
+            and args
+            and isinstance(args[0], FailoverConnection)
+            and str(record.msg).startswith("Connection attempt to")
+        ):
+            return args[0].failed_attempts <= 1
+        return True
+
+
+def quiet_repeated_attempts() -> None:
+    """Install :class:`_OnePerOutage` on aio-pika's reconnect logger (once per process)."""
+    logger = logging.getLogger("aio_pika.robust_connection")
+    if not any(isinstance(f, _OnePerOutage) for f in logger.filters):
+        logger.addFilter(_OnePerOutage())

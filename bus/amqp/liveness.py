@@ -16,9 +16,9 @@ import contextlib
 from collections.abc import Callable
 
 import aio_pika
-from structlog.typing import FilteringBoundLogger
 
 from bus.amqp.transport import AmqpTransport, quietly
+from managers.logger import Logger
 
 
 class BrokerLiveness:
@@ -28,7 +28,7 @@ class BrokerLiveness:
     def __init__(
         self,
         transport: AmqpTransport,
-        log: FilteringBoundLogger,
+        log: Logger,
         *,
         needed: Callable[[], bool],
         on_silent: Callable[[str], None],

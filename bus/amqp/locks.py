@@ -22,15 +22,15 @@ from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from structlog.typing import FilteringBoundLogger
 
 from bus.amqp.liveness import BrokerLiveness
 from bus.amqp.lock_channels import LockChannels
 from bus.amqp.lock_claims import HEADER_TOKEN, Claim, now_us, token_of
-from bus.amqp.topology import lock_queue
 from bus.amqp.transport import AmqpTransport, queue_missing, quietly, rejected
 from managers.envelope import new_message_id
 from managers.errors import BusError, BusUnavailable, LockAcquireError
+from managers.logger import Logger
+from managers.names import lock_queue
 from managers.protocols import LostCallback
 from managers.tasks import TaskKeeper
 
@@ -59,7 +59,7 @@ class AmqpLocks:
     """One instance's locks: a channel per claim, non-robust (a reconnect must never
     silently rejoin a wait list: a lost connection is a lost lease)."""
 
-    def __init__(self, transport: AmqpTransport, log: FilteringBoundLogger) -> None:
+    def __init__(self, transport: AmqpTransport, log: Logger) -> None:
         self._transport = transport
         self._log = log
         self._claims: set[Claim] = set()

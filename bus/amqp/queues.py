@@ -14,14 +14,14 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
 )
-from structlog.typing import FilteringBoundLogger
 
 from bus.amqp.declarations import Declarations
 from bus.amqp.envelopes import to_envelope, to_message
-from bus.amqp.topology import dead_queue, delay_queue
 from bus.amqp.transport import AmqpTransport, quietly
 from managers.envelope import Envelope
 from managers.errors import BusError, BusUnavailable
+from managers.logger import Logger
+from managers.names import dead_queue, delay_queue
 from managers.protocols import QueueReceiver
 from managers.tasks import TaskKeeper
 
@@ -36,7 +36,7 @@ class AmqpQueues:
     contract: they never change for a name (RabbitMQ refuses a redeclare with others).
     """
 
-    def __init__(self, transport: AmqpTransport, log: FilteringBoundLogger) -> None:
+    def __init__(self, transport: AmqpTransport, log: Logger) -> None:
         self._transport = transport
         self._log = log
         self._settings = transport.settings
@@ -156,7 +156,7 @@ class AmqpQueues:
         return self._transport
 
     @property
-    def log(self) -> FilteringBoundLogger:
+    def log(self) -> Logger:
         """The instance's logger."""
         return self._log
 

@@ -59,8 +59,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 from pamqp import base, commands, common, decode, header
+
+from bus.logs import get_logger
 
 __all__ = ["MALFORMED_HEADER", "MAX_DEPTH", "install", "installed"]
 
@@ -72,7 +73,7 @@ MAX_DEPTH = 64
 
 _MAX_REASON_CHARS = 500
 
-_log = structlog.get_logger("clusterbus.amqp.decoding")
+_log = get_logger("clusterbus.amqp")
 
 Decoder = Callable[[bytes], tuple[int, Any]]
 

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiormq
 from aio_pika.abc import AbstractRobustChannel
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
-from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
 from bus.amqp.deadlines import Deadlines
-from bus.amqp.failover import FailoverConnection, url_order
+from bus.amqp.failover import FailoverConnection, quiet_repeated_attempts, url_order
 from bus.amqp.queue_arguments import QueueArguments, Version, check_broker, parse_version
 from bus.settings import Settings, redact_text
 from managers.errors import BusError, BusUnavailable
+from managers.logger import Logger
 
 T = TypeVar("T")
 
@@ -48,9 +49,7 @@ class AmqpTransport:
     surfaces as :class:`BusUnavailable`, never as a hang.
     """
 
-    def __init__(
-        self, settings: Settings, *, app: str, instance_id: str, log: FilteringBoundLogger
-    ) -> None:
+    def __init__(self, settings: Settings, *, app: str, instance_id: str, log: Logger) -> None:
         if settings.amqp_url is None:
             raise BusError("amqp_url is not set")
         self.settings = settings
@@ -103,6 +102,7 @@ class AmqpTransport:
         :class:`BusUnavailable`. Each URL gets an equal share of the time left, so a node
         that does not answer at all cannot use up the time of the others."""
         timeout = self.settings.connect_timeout
+        quiet_repeated_attempts()
         urls = self._urls()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -180,12 +180,22 @@ class AmqpTransport:
             self._log.info("amqp.closed")
 
     def _on_close(self, _sender: object, exc: BaseException | None) -> None:
-        if self._connection is not None:
-            self._log.warning("amqp.connection_lost", error=repr(exc))
+        connection = self._connection
+        if connection is not None and connection.lost_at is None:  # one warning per outage
+            connection.lost_at = time.monotonic()
+            self._log.warning("amqp.connection_lost", error=redact_text(repr(exc)))
 
     def _on_reconnect(self, _sender: object) -> None:
         self.reconnects += 1
-        self._log.info("amqp.reconnected", reconnects=self.reconnects, url=self.node_url)
+        connection = self._connection
+        failed, seconds = (0, 0.0) if connection is None else connection.outage_over()
+        self._log.info(  # the outage's summary: aio-pika's repeated warnings were held back
+            "amqp.reconnected",
+            reconnects=self.reconnects,
+            url=self.node_url,
+            failed_attempts=failed,
+            outage_seconds=round(seconds, 3),
+        )
         for listener in self.reconnect_listeners:
             listener()
 

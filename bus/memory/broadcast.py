@@ -6,10 +6,9 @@ import asyncio
 import collections
 import contextlib
 
-from structlog.typing import FilteringBoundLogger
-
 from bus.memory.hub import MemoryHub, Pacer
 from managers.envelope import Envelope
+from managers.logger import Logger
 from managers.protocols import Receiver
 from managers.tasks import TaskKeeper
 
@@ -31,7 +30,7 @@ class MemoryBroadcast:
     """
 
     def __init__(
-        self, hub: MemoryHub, app: str, window: int, max_backlog: int, log: FilteringBoundLogger
+        self, hub: MemoryHub, app: str, window: int, max_backlog: int, log: Logger
     ) -> None:
         self._hub = hub
         self._app = app

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from structlog.typing import FilteringBoundLogger
-
 from bus.memory import queue_file
 from bus.memory.hub import MemoryHub, Pacer
 from bus.memory.work_queue import MemoryQueueConsumer, MemoryWorkQueue
 from managers.envelope import Envelope
 from managers.errors import BusError
+from managers.logger import Logger
+from managers.names import app_queue_prefix
 from managers.protocols import QueueReceiver
 
 SHARED_PREFIX = "queue."
@@ -32,9 +32,7 @@ class MemoryQueues:
     naming the file.
     """
 
-    def __init__(
-        self, hub: MemoryHub, app: str, storage_dir: Path, log: FilteringBoundLogger
-    ) -> None:
+    def __init__(self, hub: MemoryHub, app: str, storage_dir: Path, log: Logger) -> None:
         self._hub = hub
         self._app = app
         self._storage_dir = storage_dir
@@ -42,7 +40,7 @@ class MemoryQueues:
         self._consumers: set[MemoryQueueConsumer] = set()
         self._joined = False
         self._storage: queue_file.StorageLease | None = None
-        self._prefix = f"{app}.queue."  # the app's own queues on the hub
+        self._prefix = app_queue_prefix(app)  # the app's own queues on the hub
         self._pacer = Pacer()
 
     async def start(self) -> None:

@@ -8,9 +8,8 @@ import collections
 import itertools
 from collections.abc import Awaitable, Callable
 
-from structlog.typing import FilteringBoundLogger
-
 from managers.envelope import Envelope
+from managers.logger import Logger
 from managers.protocols import QueueReceiver
 from managers.tasks import TaskKeeper
 
@@ -95,7 +94,7 @@ class MemoryQueueConsumer:
         prefetch: int,
         receiver: QueueReceiver,
         forward: Callable[[str, Envelope, float], Awaitable[None]],
-        log: FilteringBoundLogger,
+        log: Logger,
     ) -> None:
         self.queue = queue
         self._prefetch = prefetch

@@ -7,9 +7,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from structlog.typing import FilteringBoundLogger
-
 from managers.errors import BusError, BusUnavailable
+from managers.logger import Logger
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -44,9 +43,7 @@ class RedisStore:
 
     shared = True
 
-    def __init__(
-        self, client: Redis, *, log: FilteringBoundLogger, owns_client: bool = True
-    ) -> None:
+    def __init__(self, client: Redis, *, log: Logger, owns_client: bool = True) -> None:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 

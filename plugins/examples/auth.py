@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from sqlalchemy.exc import IntegrityError
 
-from managers.cache import Cache
-from managers.cache_manager import StoreKind
+from bus import Cache, StoreKind
 from plugins.examples.db import TokenPolicy, database_option
 from plugins.plugin import Plugin
 

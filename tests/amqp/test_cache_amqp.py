@@ -22,7 +22,7 @@ async def test_a_reconnect_drops_memory_caches(amqp_url: str, redis_url: str) ->
         shared = await bus.cache_manager.create_cache("shared", store="redis")
         await memory.set("k", "maybe stale after an outage")
         await shared.set("k", "shared")
-        transport = bus._transport
+        transport = getattr(bus._backend, "transport", None)
         assert isinstance(transport, AmqpTransport)
 
         await rabbitmqctl("close_all_connections", "clusterbus test: cache reconnect")

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.amqp
 
 
 def transport_of(bus: Bus) -> AmqpTransport:
-    transport = bus._transport
+    transport = getattr(bus._backend, "transport", None)
     assert isinstance(transport, AmqpTransport)
     return transport
 

@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bus import Bus
 from bus.amqp.locks import AmqpLocks
-from bus.amqp.topology import lock_queue
+from managers.names import lock_queue
 from tests.conftest import eventually, fast_settings, unique_app
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from aio_pika.abc import AbstractChannel
 from bus import Bus, LockLost
 from bus.amqp import AmqpTransport
 from bus.amqp.locks import AmqpHold
-from bus.amqp.topology import lock_queue
 from managers.locks import Lease
+from managers.names import lock_queue
 from tests.amqp.broker import queue_info, rabbitmqctl
 from tests.conftest import fast_settings, unique_app
 
@@ -55,7 +55,7 @@ async def test_quorum_lock_queue_topology(amqp_url: str) -> None:
         assert "x-expires" in info["arguments"] and "balanced" in info["arguments"]
         out = await rabbitmqctl("list_consumers", "--no-table-headers", "queue_name")
         assert [row for row in out.splitlines() if row.strip() == f"{app}.lock.orders.42"]
-        transport = bus._transport
+        transport = getattr(bus._backend, "transport", None)
         assert isinstance(transport, AmqpTransport)
         unlimited = transport.broker_version >= (4, 0, 0)
         assert ("x-delivery-limit" in info["arguments"]) == unlimited
@@ -82,7 +82,7 @@ async def test_racing_for_new_quorum_lock_queues_never_drops_the_connection(
 
             await asyncio.gather(hold(a), hold(b))
         for bus in (a, b):
-            transport = bus._transport
+            transport = getattr(bus._backend, "transport", None)
             assert isinstance(transport, AmqpTransport)
             assert transport.reconnects == 0
 

@@ -103,7 +103,11 @@ async def test_a_message_id_that_is_not_utf8_is_parked_under_a_readable_id(
     app = unique_app()
     async with Bus(app, amqp_url=amqp_url, settings=settings()) as bus:
         good = Recorder("good")
-        await bus.queue.subscribe("jobs", lambda message, ctx: good(message))
+
+        async def process(message: Any, ctx: QueueContext) -> None:
+            await good(message)
+
+        await bus.queue.subscribe("jobs", process)
         async with Injector(amqp_url) as injector:
             await injector.publish(
                 routing_key=f"{app}.queue.jobs",

@@ -13,6 +13,7 @@ import aio_pika
 import pytest
 
 from bus import Bus, BusError, BusUnavailable
+from bus.amqp.transport import AmqpTransport
 from managers.queue import QueueContext
 from managers.queue_messages import HEADER_ATTEMPT, HEADER_MAX_RETRIES, HEADER_TIMEOUT
 from tests.amqp.broker import queue_info
@@ -199,7 +200,7 @@ async def test_no_message_is_lost_when_the_broker_drops_every_connection(
         assert duplicates <= 2 * 50 + 100
         # the consumers came back by themselves
         for bus in (a, b):
-            transport = bus._transport
-            assert transport is not None and transport.reconnects >= 1
+            transport = getattr(bus._backend, "transport", None)
+            assert isinstance(transport, AmqpTransport) and transport.reconnects >= 1
         info = await queue_info(f"{app}.queue.jobs")
         assert info is not None and info["consumers"] == "2"

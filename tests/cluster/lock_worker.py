@@ -21,7 +21,7 @@ SECTION = 0.2
 
 
 def node_of(bus: Bus) -> str:
-    transport = bus._transport
+    transport = getattr(bus._backend, "transport", None)
     url = transport.node_url if isinstance(transport, AmqpTransport) else None
     return (url or "?").rsplit(":", 1)[-1].split("/")[0]  # the port
 

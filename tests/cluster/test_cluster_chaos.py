@@ -69,7 +69,7 @@ def report(capsys: pytest.CaptureFixture[str], scenario: str, **figures: Any) ->
 
 
 def transport_of(bus: Bus) -> AmqpTransport:
-    transport = bus._transport
+    transport = getattr(bus._backend, "transport", None)
     assert isinstance(transport, AmqpTransport)
     return transport
 

@@ -17,6 +17,10 @@ from tests.conftest import unique_app
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 
+async def _idle_process(message: object, ctx: object) -> None:
+    await asyncio.sleep(0)
+
+
 async def test_a_classic_queue_on_a_dead_node_is_unavailable(
     all_nodes_up: RabbitCluster,
 ) -> None:
@@ -37,7 +41,7 @@ async def test_a_classic_queue_on_a_dead_node_is_unavailable(
             with pytest.raises(BusUnavailable, match="down"):
                 await bus.queue.publish("jobs", "while its node is down")
             with pytest.raises(BusUnavailable):
-                await bus.queue.subscribe("jobs", lambda _m, _c: asyncio.sleep(0))
+                await bus.queue.subscribe("jobs", _idle_process)
             began = time.monotonic()
             with pytest.raises(LockAcquireError):  # retried within the timeout, then this
                 await bus.locks.acquire("k", timeout=2.0)

@@ -403,7 +403,7 @@ async def _redis(url: str) -> AsyncIterator[Any]:
 
 
 async def main(config: WorkerConfig) -> dict[str, Any]:
-    configure_logging("WARNING", "json", force=True)
+    configure_logging(format="json", level="WARNING")
     log_path = Path(config.log_dir) / f"{config.name}.jsonl"
     with log_path.open("a", encoding="utf-8") as log:
         async with _redis(config.redis_url) as redis:

@@ -14,8 +14,8 @@ import aiormq
 import pytest
 
 from bus import Bus, MemoryHub
-from bus.amqp.topology import lock_queue
 from managers.locks import Lease
+from managers.names import lock_queue
 from tests.conftest import AMQP_URL, fast_settings, unique_app
 from tests.faults.cancel import (
     ANYIO_AVAILABLE,

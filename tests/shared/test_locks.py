@@ -11,7 +11,7 @@ import aio_pika
 import pytest
 
 from bus import Bus, BusError, LockAcquireError, LockLost, LockReentryError
-from bus.amqp.topology import lock_queue
+from managers.names import lock_queue
 from tests.conftest import AMQP_URL, BusFactory, eventually
 
 

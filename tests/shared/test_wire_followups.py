@@ -19,7 +19,6 @@ import pytest
 from pydantic import ValidationError
 
 from bus import Bus, Settings
-from bus.amqp.topology import instance_queue
 from bus.codec import MsgpackCodec
 from bus.errors import InvalidName
 from bus.instance import MAX_HOST_LENGTH, new_instance_id
@@ -30,6 +29,7 @@ from managers.names import (
     MAX_EXCHANGE_BYTES,
     MAX_INSTANCE_ID_LENGTH,
     MAX_NAME_BYTES,
+    instance_queue,
 )
 from managers.queue_messages import QueueContext
 from tests.conftest import AMQP_URL, BusFactory, Recorder, eventually, unique_app

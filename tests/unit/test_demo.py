@@ -17,7 +17,7 @@ def run_demo(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[s
     env["COLUMNS"] = "160"
     log = tmp_path / "demo.log"
     proc = subprocess.run(
-        [sys.executable, "-m", "plugins.cli", "demo", "--log-file", str(log), *extra],
+        [sys.executable, "-m", "clusterbus", "demo", "--log-file", str(log), *extra],
         capture_output=True,
         text=True,
         timeout=120,

@@ -20,7 +20,7 @@ from tests.conftest import fast_settings, unique_app
 def _restore_logging() -> Iterator[None]:
     """The CLI points structlog at the stream of the moment (pytest's, per test): undo it."""
     yield
-    configure_logging("WARNING", "console", force=True)
+    configure_logging(format="console", level="WARNING")
 
 
 async def _park(app: str, backend: str, store: Path, count: int) -> list[str]:

@@ -1,5 +1,5 @@
 """``clusterbus dlq`` at its edges: data is never read as rich markup (issue 10, finding 13),
-and a failure prints one redacted line, never a traceback."""
+with rich or without it, and a failure prints one redacted line, never a traceback."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
 from bus import Bus, MemoryHub
-from bus.dlq import table
+from bus.dlq import print_table
 from bus.logs import configure_logging
+from bus.terminal import Terminal
 from managers.queue import QueueContext
 from managers.queue_messages import DeadLetter
 from plugins.cli import main
@@ -37,7 +37,7 @@ def _restore(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("COLUMNS", "400")
     yield
-    configure_logging("WARNING", "console", force=True)
+    configure_logging(format="console", level="WARNING")
 
 
 def _letter(letter_id: str, error: str) -> DeadLetter:
@@ -53,7 +53,8 @@ def _letter(letter_id: str, error: str) -> DeadLetter:
     )
 
 
-def test_the_table_shows_ids_and_errors_as_they_are() -> None:
+@pytest.mark.parametrize("use_rich", [True, False], ids=["rich", "plain"])
+def test_the_table_shows_ids_and_errors_as_they_are(use_rich: bool) -> None:
     letters = [
         _letter("[bold]id-1[/bold]", TRICKY_ERRORS[0]),
         _letter("[/]", TRICKY_ERRORS[1]),
@@ -61,11 +62,19 @@ def test_the_table_shows_ids_and_errors_as_they_are() -> None:
         _letter("id-4", TRICKY_ERRORS[3]),
     ]
     out = io.StringIO()
-    Console(file=out, width=400, color_system=None).print(table("jobs", letters))
+    print_table(Terminal(out, use_rich=use_rich), "jobs", letters)
     text = out.getvalue()
+    assert "dead letters of 'jobs' (4)" in text
     for shown in ("[bold]id-1[/bold]", "[/]", "id-[3]", *TRICKY_ERRORS[:3]):
         assert shown in text
     assert "\x1b" not in text and "\\x1b[31mred" in text  # a forged escape is shown, not run
+
+
+@pytest.mark.parametrize("use_rich", [True, False], ids=["rich", "plain"])
+def test_lines_are_printed_as_they_are(use_rich: bool) -> None:
+    out = io.StringIO()
+    Terminal(out, use_rich=use_rich).print("[red]x[/red] [/] :smile: 42", style="bold")
+    assert out.getvalue() == "[red]x[/red] [/] :smile: 42\n"  # no markup, emoji nor colour
 
 
 async def _park(app: str, store: Path, errors: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ SECRET = "".join(["S3CRET", "-LOCAL"])
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     yield
-    configure_logging("WARNING", "console", force=True)
+    configure_logging(format="console", level="WARNING")
 
 
 def _handler(payload: dict[str, str]) -> None:
@@ -30,7 +30,7 @@ def _handler(payload: dict[str, str]) -> None:
 
 def _log_a_failure(fmt: LogFormat) -> str:
     out = io.StringIO()
-    configure_logging("INFO", fmt, force=True, file=out)
+    configure_logging(format=fmt, level="INFO", file=out)
     try:
         _handler({"card": CARD})
     except ValueError:
@@ -58,7 +58,7 @@ def test_json_exception_logs_are_structured_without_locals() -> None:
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_url_passwords_in_a_line_are_redacted(fmt: LogFormat) -> None:
     out = io.StringIO()
-    configure_logging("INFO", fmt, force=True, file=out)
+    configure_logging(format=fmt, level="INFO", file=out)
     url = "amqp://guest:S3CRET@broker:5672/"
     get_logger(app="crm").error(
         f"connect to {url}",

@@ -8,11 +8,14 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from bus import Bus, InvalidName
-from bus.amqp.topology import dead_queue, delay_queue, instance_queue, lock_queue
 from managers.names import (
     DEFAULT_SUFFIX_ROOM,
     MAX_NAME_BYTES,
     check_wire_name,
+    dead_queue,
+    delay_queue,
+    instance_queue,
+    lock_queue,
     queue_name,
     validate_app_name,
     validate_queue_channel,

@@ -67,7 +67,7 @@ def _no_env_urls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in [n for n in os.environ if n.startswith("CLUSTERBUS_")]:
         monkeypatch.delenv(name)
     yield
-    configure_logging("WARNING", "console", force=True)
+    configure_logging(format="console", level="WARNING")
 
 
 def _leaks(exc: ValidationError, secret: str) -> list[str]:
@@ -232,7 +232,7 @@ def test_a_random_password_never_shows_in_the_logs(password: str, fmt: LogFormat
     assume(not any(c.isspace() for c in password))  # in free text, a URL ends at white space
     url = template.format(pw=password)
     out = io.StringIO()
-    configure_logging("INFO", fmt, force=True, file=out)
+    configure_logging(format=fmt, level="INFO", file=out)
     failure = ConnectionError(f"cannot reach {url}")
     get_logger(app="crm").error("amqp.failed", url=url, detail=[f"at {url}"], exc_info=failure)
     text = out.getvalue()

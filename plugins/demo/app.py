@@ -25,7 +25,8 @@ from rich.table import Table
 
 from bus import Bus, BusError, MemoryHub, Settings
 from plugins.app import App
-from plugins.demo_node import APP_NAME, CONTROL, REPLY, build_node
+from plugins.demo import APP_NAME
+from plugins.demo.node import CONTROL, REPLY, build_node
 from plugins.examples.db import Database
 
 LABELS = ("node-a", "node-b", "node-c")
@@ -338,7 +339,7 @@ class ProcessCluster:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "plugins.cli",
+                "clusterbus",
                 "node",
                 "--label",
                 label,

@@ -18,13 +18,13 @@ from typing import Any
 
 from bus import MemoryHub, Settings
 from plugins.app import App
+from plugins.demo import APP_NAME
 from plugins.examples.async_tasks import AsyncTasksPlugin
 from plugins.examples.auth import AuthPlugin
 from plugins.examples.data_source import DataSourcePlugin
 from plugins.examples.db import Database, default_url
 from plugins.plugin import Plugin
 
-APP_NAME = "clusterbus-demo"
 CONTROL = "demo.control"
 REPLY = "demo.reply"
 

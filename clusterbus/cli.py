@@ -1,0 +1,5 @@
+"""The ``clusterbus`` console script."""
+
+from plugins.cli import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""Smoke check of the built wheel in fresh virtual environments (tests/smoke/run.sh)."""
