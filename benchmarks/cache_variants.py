@@ -26,12 +26,12 @@ from redis.asyncio import Redis
 from benchmarks.amqp_cleanup import delete_exchanges
 from benchmarks.cli import log
 from bus import Bus, Cache, MemoryHub, Settings
+from managers.names import INVALIDATION_CHANNEL, pubsub_name
 
 VALUE: dict[str, Any] = {"id": 123, "name": "alice", "roles": ["admin", "dev"], "active": True}
 KEY_SPACE = 1000
 KEYS = [f"user:{i}" for i in range(KEY_SPACE)]
 CACHE_NAME = "bench"
-INVALIDATION_CHANNEL = "cache.invalidate"
 PEERS = 2
 SETTLE_TIMEOUT = 15.0
 SETTLE_POLL = 0.001
@@ -270,7 +270,7 @@ async def amqp_group(stack: contextlib.AsyncExitStack, args: argparse.Namespace)
     """A memory store cache in amqp mode, with two peers receiving its invalidations."""
     url: str = args.amqp_url
     app = new_app_name()
-    exchanges = [f"{app}.pubsub.{INVALIDATION_CHANNEL}"]
+    exchanges = [pubsub_name(app, INVALIDATION_CHANNEL)]
     stack.push_async_callback(
         cleanup, "delete the exchange", lambda: delete_exchanges(url, exchanges)
     )

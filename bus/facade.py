@@ -22,10 +22,10 @@ from bus.stores.redis import RedisStore
 from bus.stores.redis import connect as connect_redis
 from bus.transactions import hooks_for
 from managers.cache import Cache
-from managers.cache_manager import INVALIDATION_CHANNEL, CacheManager, StoreKind
+from managers.cache_manager import CacheManager, StoreKind
 from managers.errors import BusError
 from managers.locks import LockManager
-from managers.names import validate_app_name
+from managers.names import INVALIDATION_CHANNEL, validate_app_name
 from managers.protocols import CacheStore
 from managers.pubsub import PubSubManager
 from managers.queue import EventQueue

@@ -90,9 +90,7 @@ class BusLogger:
         """Whether an event at ``level`` would be logged now (to skip building costly
         key-values)."""
         if structlog.is_configured():
-            bound, _ = self._structlog()
-            check = getattr(bound, "is_enabled_for", None) or getattr(bound, "isEnabledFor", None)
-            return True if check is None else bool(check(level))
+            return _enabled(self._structlog()[0], level)
         return self._stdlib.isEnabledFor(level)
 
     def debug(self, event: str, *args: Any, **kw: Any) -> None:
@@ -120,8 +118,12 @@ class BusLogger:
         if structlog.is_configured():
             bound, ours = self._structlog()
             fields = {**get_contextvars(), **kw}
-            if not ours:  # somebody else's pipeline: its renderer might show frame locals
+            if not ours:  # somebody else's pipeline: it might show frame locals or passwords
+                if not _enabled(bound, level):
+                    return
                 _exception_as_text(fields)
+                fields = {key: _redact(value) for key, value in fields.items()}
+                event = redact_text(event)
             getattr(bound, method)(event, **fields)
             return
         if not self._stdlib.isEnabledFor(level):
@@ -136,6 +138,12 @@ class BusLogger:
         extra = {k: v for k, v in fields.items() if k not in _RECORD_ATTRIBUTES}
         extra["event"] = event
         self._stdlib.log(level, "%s", text, extra=extra, stacklevel=3)
+
+
+def _enabled(bound: Any, level: int) -> bool:
+    """Whether a structlog logger logs ``level`` (True when it cannot say)."""
+    check = getattr(bound, "is_enabled_for", None) or getattr(bound, "isEnabledFor", None)
+    return True if check is None else bool(check(level))
 
 
 def _shown(value: Any) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from managers.cache import Cache, check_ttl
 from managers.errors import BusError, InvalidName
 from managers.logger import Logger
-from managers.names import validate_channel
+from managers.names import INVALIDATION_CHANNEL, validate_channel
 from managers.protocols import CacheStore, Codec
 from managers.pubsub import PubSubManager
 from managers.tasks import TaskKeeper
@@ -18,7 +18,6 @@ from managers.tasks import TaskKeeper
 StoreKind = Literal["memory", "redis"]
 StoreFactory = Callable[[StoreKind, int], CacheStore]
 
-INVALIDATION_CHANNEL = "cache.invalidate"
 DEFAULT_CACHE = "default"
 
 

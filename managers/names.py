@@ -52,6 +52,8 @@ MIN_DELAY = 0.001
 timed in whole milliseconds, and a tier of 0 ms would send a message straight back."""
 
 PUBSUB_SEGMENT = ".pubsub."
+INVALIDATION_CHANNEL = "cache.invalidate"
+"""The pub/sub channel of cache invalidations (exchange ``<app>.pubsub.cache.invalidate``)."""
 INSTANCE_SEGMENT = ".instance."
 MAX_INSTANCE_ID_LENGTH = MAX_NAME_BYTES - MAX_APP_LENGTH - len(INSTANCE_SEGMENT)
 """The longest instance id: its queue ``<app>.instance.<id>`` fits 255 bytes for any app."""

@@ -14,21 +14,12 @@ from bus import Bus
 from bus.amqp import AmqpTransport
 from tests.conftest import eventually, fast_settings, unique_app
 from tests.faults.proxy import FaultProxy
+from tests.log_records import Records
 
 pytestmark = pytest.mark.amqp
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def events(self, name: str) -> list[logging.LogRecord]:
-        return [r for r in self.records if r.__dict__.get("event") == name]
-
+class _Records(Records):
     def attempts(self) -> list[logging.LogRecord]:
         return [
             r

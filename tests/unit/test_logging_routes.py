@@ -16,26 +16,18 @@ import structlog
 from bus import Bus, MemoryHub, Settings
 from bus.logs import configure_logging, get_logger
 from tests.conftest import TEST_APP_PREFIX
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+from tests.log_records import Records, foreign_structlog
 
 
 @pytest.fixture
-def stdlib_only() -> Iterator[_Records]:
+def stdlib_only() -> Iterator[Records]:
     """structlog not configured; a handler on the ``clusterbus`` logger."""
     structlog.reset_defaults()
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     for handler in saved_handlers:
         root.removeHandler(handler)
-    records = _Records()
+    records = Records()
     parent = logging.getLogger("clusterbus")
     parent.addHandler(records)
     parent.setLevel(logging.DEBUG)
@@ -56,7 +48,7 @@ def _app(name: str) -> str:
     return f"{TEST_APP_PREFIX}{name}"
 
 
-async def test_a_bus_leaves_logging_and_structlog_alone(stdlib_only: _Records) -> None:
+async def test_a_bus_leaves_logging_and_structlog_alone(stdlib_only: Records) -> None:
     root = logging.getLogger()
     handlers = root.handlers[:]
     async with Bus(_app("quiet"), hub=MemoryHub()):
@@ -65,11 +57,11 @@ async def test_a_bus_leaves_logging_and_structlog_alone(stdlib_only: _Records) -
     assert root.handlers == handlers
 
 
-async def test_events_reach_stdlib_under_clusterbus_names(stdlib_only: _Records) -> None:
+async def test_events_reach_stdlib_under_clusterbus_names(stdlib_only: Records) -> None:
     async with Bus(_app("stdlib"), hub=MemoryHub()) as bus:
         await bus.pubsub.subscribe("news", _ignore)
         await bus.pubsub.publish("news", {"n": 1}, skip_self=False)
-    started = [r for r in stdlib_only.records if getattr(r, "event", None) == "bus.started"]
+    started = [r for r in stdlib_only.records if r.__dict__.get("event") == "bus.started"]
     assert started, [r.getMessage() for r in stdlib_only.records]
     record = started[0]
     assert record.name == "clusterbus.bus"
@@ -82,7 +74,7 @@ async def test_events_reach_stdlib_under_clusterbus_names(stdlib_only: _Records)
     assert "clusterbus.pubsub" in names  # per-message events are DEBUG, under their part
 
 
-async def test_the_stdlib_level_filters_our_events(stdlib_only: _Records) -> None:
+async def test_the_stdlib_level_filters_our_events(stdlib_only: Records) -> None:
     logging.getLogger("clusterbus").setLevel(logging.WARNING)
     async with Bus(_app("filtered"), hub=MemoryHub()):
         pass
@@ -90,43 +82,20 @@ async def test_the_stdlib_level_filters_our_events(stdlib_only: _Records) -> Non
 
 
 async def test_events_go_through_the_applications_structlog_pipeline() -> None:
-    seen: list[dict[str, Any]] = []
-
-    def keep(_logger: object, _method: str, event: Any) -> Any:
-        seen.append(dict(event))
-        raise structlog.DropEvent
-
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, keep],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-    )
-    try:
+    with foreign_structlog() as seen:
         async with Bus(_app("structlog"), hub=MemoryHub()):
             pass
-    finally:
-        configure_logging(format="console", level="WARNING")
     started = [e for e in seen if e["event"] == "bus.started"]
     assert started and started[0]["app"] == _app("structlog")
 
 
 def test_exceptions_never_carry_frame_locals_into_a_foreign_pipeline() -> None:
-    seen: list[dict[str, Any]] = []
-
-    def keep(_logger: object, _method: str, event: Any) -> Any:
-        seen.append(dict(event))
-        raise structlog.DropEvent
-
-    structlog.configure(
-        processors=[keep], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)
-    )
     secret = "".join(["hunter", "2-local"])
-    try:
+    with foreign_structlog() as seen:
         try:
             _refuse(secret)
         except ValueError:
             get_logger("clusterbus.queue").exception("queue.failed", channel="c")
-    finally:
-        configure_logging(format="console", level="WARNING")
     (event,) = seen
     assert "exc_info" not in event  # a live exception would let a renderer show locals
     assert "ValueError: refused 1" in event["exception"]
@@ -134,7 +103,7 @@ def test_exceptions_never_carry_frame_locals_into_a_foreign_pipeline() -> None:
 
 
 def test_stdlib_exception_lines_have_the_traceback_and_no_locals(
-    stdlib_only: _Records,
+    stdlib_only: Records,
 ) -> None:
     secret = "".join(["hunter", "2-local"])
     try:
@@ -164,7 +133,7 @@ def test_configure_logging_renders_stdlib_records_in_our_format() -> None:
     assert len(configured) == 1  # called twice: replaced, not stacked
 
 
-async def test_auto_memory_mode_warns_once_at_start(stdlib_only: _Records) -> None:
+async def test_auto_memory_mode_warns_once_at_start(stdlib_only: Records) -> None:
     async with Bus(_app("auto"), settings=Settings(storage_dir=_tmp_storage())):
         pass
     warnings = [r for r in stdlib_only.records if getattr(r, "event", None) == "bus.memory_mode"]
@@ -172,7 +141,7 @@ async def test_auto_memory_mode_warns_once_at_start(stdlib_only: _Records) -> No
     assert "process" in warnings[0].getMessage()
 
 
-async def test_memory_chosen_explicitly_does_not_warn(stdlib_only: _Records) -> None:
+async def test_memory_chosen_explicitly_does_not_warn(stdlib_only: Records) -> None:
     settings = Settings(mode="memory", storage_dir=_tmp_storage())
     async with Bus(_app("explicit"), settings=settings) as bus:
         assert bus.mode == "memory"
@@ -195,3 +164,13 @@ async def _ignore(_message: object) -> None:
 def _refuse(secret: str) -> None:
     token = {"password": secret}  # a local only, as in a real handler
     raise ValueError(f"refused {len(token)}")
+
+
+def test_passwords_never_reach_a_foreign_pipeline() -> None:
+    with foreign_structlog() as seen:
+        get_logger("clusterbus.amqp").warning(
+            "connect to amqp://u:pw1@h:5672/", url="amqp://u:pw2@h:5672/", urls=["amqp://u:pw3@h/"]
+        )
+    text = json.dumps(seen)
+    assert seen and "pw1" not in text and "pw2" not in text and "pw3" not in text
+    assert "u:***@h" in text

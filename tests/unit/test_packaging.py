@@ -86,6 +86,9 @@ def test_clusterbus_exposes_the_public_api() -> None:
         assert issubclass(error, clusterbus.errors.BusError)
         assert getattr(clusterbus, name) is error
     assert clusterbus.App.__module__.endswith("plugins.app")
+    import bus
+
+    assert set(bus.__all__) <= set(clusterbus.__all__)  # the two surfaces stay one
 
 
 def test_plugins_and_the_facade_import_only_public_names() -> None:
