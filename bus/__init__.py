@@ -20,6 +20,7 @@ from bus.errors import (
     PayloadError,
 )
 from bus.facade import Bus
+from bus.health import Health
 from bus.logs import BusLogger, configure_logging, get_logger
 from bus.memory.hub import MemoryHub
 from bus.settings import Settings
@@ -37,6 +38,7 @@ __all__ = [
     "BusUnavailable",
     "Cache",
     "DeadLetter",
+    "Health",
     "InvalidName",
     "Lease",
     "LockAcquireError",

@@ -49,6 +49,21 @@ class Backend(Protocol):
         """The in-process hub (memory mode), else None."""
         ...
 
+    @property
+    def connected(self) -> bool:
+        """True while connected (always, in memory)."""
+        ...
+
+    @property
+    def node(self) -> str | None:
+        """Where this instance is connected: the broker node's URL without its password,
+        ``memory``, or None while not connected."""
+        ...
+
+    async def probe(self) -> bool:
+        """A round trip to the broker within ``heartbeat`` seconds (True in memory)."""
+        ...
+
     async def connect(self) -> None:
         """Connect (raise ``BusUnavailable`` within ``connect_timeout`` when it cannot)."""
         ...

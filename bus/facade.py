@@ -13,9 +13,11 @@ from pydantic import SecretStr
 
 from bus.backend import Backend, Mode, make_backend
 from bus.codec import MsgpackCodec
+from bus.health import Health, assess
 from bus.instance import new_instance_id
 from bus.logs import get_logger
 from bus.memory.hub import MemoryHub
+from bus.otel import make_telemetry
 from bus.settings import Settings
 from bus.stores.memory import MemoryStore
 from bus.stores.redis import RedisStore
@@ -31,6 +33,7 @@ from managers.pubsub import PubSubManager
 from managers.queue import EventQueue
 from managers.sync import SyncMessageManager
 from managers.tasks import TaskKeeper
+from managers.telemetry import RECONNECTS, Telemetry
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -83,6 +86,7 @@ class Bus:
         )
         self.mode: Mode = self._backend.mode
         self.hub: MemoryHub | None = self._backend.hub
+        self.telemetry: Telemetry = make_telemetry(enabled=base.telemetry, mode=self.mode)
         # chosen by default rather than asked for: say so once, at start
         self._implicit_memory = (
             self.mode == "memory" and hub is None and backend is None and base.mode == "auto"
@@ -96,6 +100,7 @@ class Bus:
             log=self.log.named("pubsub"),
             stop_timeout=base.stop_timeout,
             context=context,
+            telemetry=self.telemetry,
         )
         self.queue = EventQueue(
             app=self.name,
@@ -108,6 +113,7 @@ class Bus:
             stop_timeout=base.stop_timeout,
             consumer_timeout=base.consumer_timeout,
             context=context,
+            telemetry=self.telemetry,
         )
         self.sync = SyncMessageManager(
             pubsub=self.pubsub,
@@ -118,7 +124,10 @@ class Bus:
             publish_timeout=base.publish_timeout,
         )
         self.locks = LockManager(
-            backend=self._backend.locks, log=self.log.named("locks"), stop_timeout=base.stop_timeout
+            backend=self._backend.locks,
+            log=self.log.named("locks"),
+            stop_timeout=base.stop_timeout,
+            telemetry=self.telemetry,
         )
         self._redis: Redis | None = None
         self.cache_manager = CacheManager(
@@ -130,6 +139,7 @@ class Bus:
             default_max_size=base.cache_max_size,
             log=self.log.named("cache"),
             peers=functools.partial(self._backend.listeners, INVALIDATION_CHANNEL),
+            telemetry=self.telemetry,
         )
         self.cache: Cache = self.cache_manager.default
         self._background = TaskKeeper(self.log, "bus")
@@ -147,6 +157,7 @@ class Bus:
 
     def _after_reconnect(self) -> None:
         """Memory caches may have missed invalidations while the connection was down."""
+        self.telemetry.add(RECONNECTS)
         self._background.spawn(
             self.cache_manager.drop_memory_caches("amqp reconnect"), name="drop memory caches"
         )
@@ -155,6 +166,28 @@ class Bus:
     def started(self) -> bool:
         """True between a successful ``start()`` and ``stop()``."""
         return self._state == "started"
+
+    @property
+    def connected(self) -> bool:
+        """True while started and connected to the broker (always once started, in memory
+        mode). Falls to False as soon as the client sees the connection drop; a broker that
+        goes silent is found by :meth:`health`."""
+        return self._state == "started" and self._backend.connected
+
+    async def health(self) -> Health:
+        """How this instance is: ``down`` when not started or the broker does not answer a
+        round trip within ``heartbeat`` seconds, ``degraded`` while a subscription or queue
+        consumer is not receiving (after a reconnection, until all are back), else ``ok``;
+        with the node connected to and each subscription's and consumer's state."""
+        started = self._state == "started"
+        return assess(
+            started=started,
+            mode=self.mode,
+            answered=started and await self._backend.probe(),
+            node=self._backend.node,
+            subscriptions=self.pubsub.states(),
+            consumers=self.queue.states(),
+        )
 
     async def start(self) -> None:
         """Connect (amqp mode) and bind every subscription made so far.

@@ -37,6 +37,11 @@ from structlog.typing import ExcInfo, Processor
 
 from bus.settings import redact_text
 
+try:  # the otel extra: log lines carry the active span's ids
+    from opentelemetry import trace as _otel_trace
+except ImportError:  # pragma: no cover - exercised by the wheel's smoke test
+    _otel_trace = None  # type: ignore[assignment]
+
 LogFormat = Literal["json", "console", "auto"]
 ROOT = "clusterbus"
 """The name of the library's loggers' parent: ``logging.getLogger("clusterbus")``."""
@@ -117,10 +122,10 @@ class BusLogger:
     def _log(self, level: int, method: str, event: str, kw: dict[str, Any]) -> None:
         if structlog.is_configured():
             bound, ours = self._structlog()
-            fields = {**get_contextvars(), **kw}
+            if not _enabled(bound, level):
+                return
+            fields = {**get_contextvars(), **_span_ids(), **kw}
             if not ours:  # somebody else's pipeline: it might show frame locals or passwords
-                if not _enabled(bound, level):
-                    return
                 _exception_as_text(fields)
                 fields = {key: _redact(value) for key, value in fields.items()}
                 event = redact_text(event)
@@ -128,7 +133,7 @@ class BusLogger:
             return
         if not self._stdlib.isEnabledFor(level):
             return
-        fields = {**get_contextvars(), **self._context, **kw}
+        fields = {**get_contextvars(), **_span_ids(), **self._context, **kw}
         _exception_as_text(fields)
         fields = {key: _redact(value) for key, value in fields.items()}
         pairs = (f"{k}={_shown(v)}" for k, v in fields.items() if k != "exception")
@@ -138,6 +143,19 @@ class BusLogger:
         extra = {k: v for k, v in fields.items() if k not in _RECORD_ATTRIBUTES}
         extra["event"] = event
         self._stdlib.log(level, "%s", text, extra=extra, stacklevel=3)
+
+
+def _span_ids() -> dict[str, str]:
+    """The active OpenTelemetry span's ``trace_id`` and ``span_id``, or nothing."""
+    if _otel_trace is None:
+        return {}
+    ids = _otel_trace.get_current_span().get_span_context()
+    if not ids.is_valid:
+        return {}
+    return {
+        "trace_id": _otel_trace.format_trace_id(ids.trace_id),
+        "span_id": _otel_trace.format_span_id(ids.span_id),
+    }
 
 
 def _enabled(bound: Any, level: int) -> bool:

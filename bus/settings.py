@@ -276,6 +276,13 @@ class Settings(BaseSettings):
         default="INFO",
         description="Lowest level the CLI and the runner log; per-message events are DEBUG.",
     )
+    telemetry: bool = Field(
+        default=True,
+        description=(
+            "OpenTelemetry spans, trace context in headers and metrics, when the otel extra "
+            "is installed (the SDK and exporters are the application's)."
+        ),
+    )
     max_message_bytes: int = Field(
         default=8 * 1024 * 1024,
         gt=0,

@@ -13,6 +13,7 @@ from managers.logger import Logger
 from managers.names import cache_key_prefix
 from managers.protocols import CacheStore, Codec
 from managers.tasks import TaskKeeper
+from managers.telemetry import CACHE_HITS, CACHE_MISSES, NO_TELEMETRY, Telemetry
 
 IsCacheable = Callable[[Any], bool | Awaitable[bool]]
 
@@ -45,6 +46,10 @@ class Invalidator(Protocol):
     async def __call__(self, cache: str, keys: list[str] | None) -> None: ...
 
 
+CACHE_ATTRIBUTE = "clusterbus.cache.name"
+"""The attribute naming a cache in metrics and spans."""
+
+
 class Cache:
     """One named cache. Keys are stored as ``<app>:<prefix>:<key>``.
 
@@ -65,8 +70,11 @@ class Cache:
         codec: Codec,
         invalidate: Invalidator,
         log: Logger,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self.name = name
+        self._telemetry = telemetry
+        self._named = {CACHE_ATTRIBUTE: name}
         self.prefix = prefix
         self.store = store
         self.store_kind = store_kind
@@ -120,7 +128,12 @@ class Cache:
     async def get(self, key: str, default: Any = None) -> Any:
         """The cached value of ``key``, or ``default``."""
         raw = await self.store.get(self.full_key(key))
+        self._count(raw is not None)
         return default if raw is None else self._decode(raw)
+
+    def _count(self, hit: bool, amount: int = 1) -> None:
+        if amount:
+            self._telemetry.add(CACHE_HITS if hit else CACHE_MISSES, amount, self._named)
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Cache ``value`` under ``key`` for ``ttl`` seconds (default: the cache's ttl)."""
@@ -143,6 +156,9 @@ class Cache:
     async def mget(self, *keys: str) -> list[Any]:
         """The values of ``keys`` in order (None for missing ones)."""
         raws = await self.store.mget([self.full_key(k) for k in keys])
+        found = sum(raw is not None for raw in raws)
+        self._count(True, found)
+        self._count(False, len(raws) - found)
         return [None if raw is None else self._decode(raw) for raw in raws]
 
     async def mset(
@@ -205,6 +221,7 @@ class Cache:
         if not use_cache:
             return await fn()
         raw = await self.store.get(full)
+        self._count(raw is not None)
         if raw is not None:
             return self._decode(raw)
         flight = self._flights.get(key)
@@ -269,7 +286,8 @@ class Cache:
     ) -> Any:
         epoch = self._epoch
         self._log.debug("cache.miss", cache=self.name, key=key)
-        value = await fn()
+        with self._telemetry.internal("cache wrap miss", self._named):
+            value = await fn()
         if value is None:
             return None
         if is_cacheable is not None:

@@ -7,13 +7,19 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Literal
 
-from managers.cache import Cache, check_ttl
+from managers.cache import CACHE_ATTRIBUTE, Cache, check_ttl
 from managers.errors import BusError, InvalidName
 from managers.logger import Logger
 from managers.names import INVALIDATION_CHANNEL, validate_channel
 from managers.protocols import CacheStore, Codec
 from managers.pubsub import PubSubManager
 from managers.tasks import TaskKeeper
+from managers.telemetry import (
+    INVALIDATIONS_RECEIVED,
+    INVALIDATIONS_SENT,
+    NO_TELEMETRY,
+    Telemetry,
+)
 
 StoreKind = Literal["memory", "redis"]
 StoreFactory = Callable[[StoreKind, int], CacheStore]
@@ -47,7 +53,9 @@ class CacheManager:
         default_max_size: int,
         log: Logger,
         peers: Callable[[], int | None] | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
+        self._telemetry = telemetry
         self._app = app
         self._pubsub = pubsub
         self._codec = codec
@@ -125,6 +133,7 @@ class CacheManager:
             codec=self._codec,
             invalidate=self._announce,
             log=self._log,
+            telemetry=self._telemetry,
         )
         self._caches[name] = cache
         return cache
@@ -198,6 +207,7 @@ class CacheManager:
             self._log.error("cache.invalidation_failed", entries=len(entries), error=str(exc))
             raise
         for entry in entries:
+            self._telemetry.add(INVALIDATIONS_SENT, attributes={CACHE_ATTRIBUTE: entry["cache"]})
             keys = entry["keys"]
             self._log.debug(
                 "cache.invalidation_sent",
@@ -220,6 +230,7 @@ class CacheManager:
             if keys is not None and not isinstance(keys, list):
                 continue
             await cache.drop_local(None if keys is None else [str(k) for k in keys])
+            self._telemetry.add(INVALIDATIONS_RECEIVED, attributes={CACHE_ATTRIBUTE: cache.name})
             self._log.debug(
                 "cache.invalidation_received",
                 cache=name,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -14,6 +15,15 @@ from managers.errors import BusError, LockAcquireError, LockLost, LockReentryErr
 from managers.logger import Logger
 from managers.protocols import LockBackend, LockHold
 from managers.tasks import TaskKeeper
+from managers.telemetry import (
+    LOCK_HOLD,
+    LOCK_LOST,
+    LOCK_WAIT,
+    NO_TELEMETRY,
+    Span,
+    Telemetry,
+    key_prefix,
+)
 
 T = TypeVar("T")
 
@@ -39,6 +49,7 @@ class Lease:
         self.acquired_at = asyncio.get_running_loop().time()
         self.watchdog: asyncio.TimerHandle | None = None
         self.unwound = asyncio.Event()  # the lock() body finished (its finally blocks ran)
+        self.span: Span | None = None  # the hold's span, ended at release
 
     async def release(self) -> None:
         """Give the lock to the next waiter (a no-op when already released or lost)."""
@@ -99,7 +110,15 @@ class _LocalTurns:
 class LockManager:
     """Cross-instance locks over a :class:`~managers.protocols.LockBackend`."""
 
-    def __init__(self, *, backend: LockBackend, log: Logger, stop_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        backend: LockBackend,
+        log: Logger,
+        stop_timeout: float = 10.0,
+        telemetry: Telemetry = NO_TELEMETRY,
+    ) -> None:
+        self._telemetry = telemetry
         self._backend = backend
         self._log = log
         self._stop_timeout = stop_timeout
@@ -184,6 +203,8 @@ class LockManager:
         deadline = None if timeout is None else asked + timeout
         self._log.debug("lock.acquire_requested", key=key, ttl=ttl, timeout=timeout)
         turns = self._turns.setdefault(key, _LocalTurns())
+        traced = _key_attributes(key)
+        wait = self._telemetry.start("lock acquire", traced)
         try:
             await turns.take(key, deadline, trying and timeout == 0)
             box: list[Lease] = []
@@ -204,9 +225,11 @@ class LockManager:
         except LockAcquireError:
             self._log.info("lock.timed_out", key=key, timeout=timeout, trying=trying)
             self._forget_turns(key)
+            wait.end({"error.type": "LockAcquireError"})
             raise
-        except BaseException:
+        except BaseException as exc:
             self._forget_turns(key)
+            wait.end({"error.type": type(exc).__name__})
             raise
         if early:  # lost between the backend's answer and now: not acquired
             self._background.spawn(hold.release(), name="lock lost on the way in")
@@ -214,6 +237,7 @@ class LockManager:
             self._forget_turns(key)
             raise LockAcquireError(f"lock {key!r}: lost as it was acquired ({early[0]})")
         lease = Lease(self, key, hold, task)
+        self._trace_acquired(lease, wait, traced, lease.acquired_at - asked)
         box.append(lease)
         self._leases.add(lease)
         self._holding.setdefault(key, set()).add(task)
@@ -222,6 +246,16 @@ class LockManager:
             "lock.acquired", key=key, token=lease.token, waited=round(lease.acquired_at - asked, 6)
         )
         return lease
+
+    def _trace_acquired(
+        self, lease: Lease, wait: Span, traced: dict[str, str], waited: float
+    ) -> None:
+        """End the acquire span, record the wait, start the hold span."""
+        token = {"clusterbus.lock.token": lease.token}
+        wait.end(token)
+        prefix = {"clusterbus.lock.key_prefix": traced["clusterbus.lock.key_prefix"]}
+        self._telemetry.record(LOCK_WAIT, waited, prefix)
+        lease.span = self._telemetry.start("lock hold", {**traced, **token})
 
     def _forget_turns(self, key: str) -> None:
         turns = self._turns.get(key)
@@ -261,8 +295,13 @@ class LockManager:
             if turns is not None:
                 turns.pass_on()
                 self._forget_turns(lease.key)
+        held = asyncio.get_running_loop().time() - lease.acquired_at
+        self._telemetry.record(
+            LOCK_HOLD, held, {"clusterbus.lock.key_prefix": key_prefix(lease.key)}
+        )
+        if lease.span is not None:
+            lease.span.end({"clusterbus.lock.lost": lease.lost.is_set()})
         if not lease.lost.is_set():
-            held = asyncio.get_running_loop().time() - lease.acquired_at
             self._log.debug("lock.released", key=lease.key, token=lease.token, held=round(held, 6))
 
     def _disown(self, lease: Lease) -> None:
@@ -280,6 +319,9 @@ class LockManager:
         lease.lost.set()
         self._disown(lease)  # its task may take the key again at once
         self._log.warning("lock.lost", key=lease.key, token=lease.token, reason=reason)
+        self._telemetry.add(
+            LOCK_LOST, attributes={"clusterbus.lock.key_prefix": key_prefix(lease.key)}
+        )
         if lease.section is not None and not lease.section.done():
             lease.cut = True
             lease.section.cancel()
@@ -314,6 +356,17 @@ def _current_task() -> asyncio.Task[object]:
     if task is None:
         raise BusError("locks are taken from inside an asyncio task")
     return task
+
+
+def _key_attributes(key: str) -> dict[str, str]:
+    """A lock's span attributes: its key (a digest when longer than 64 characters) and the
+    key's prefix (what metrics use)."""
+    shown = (
+        key
+        if len(key) <= 64
+        else "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    )
+    return {"clusterbus.lock.key": shown, "clusterbus.lock.key_prefix": key_prefix(key)}
 
 
 def _check(key: object, ttl: float, timeout: float | None) -> None:

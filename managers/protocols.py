@@ -44,6 +44,11 @@ class Codec(Protocol):
 class BroadcastBackend(Protocol):
     """Fanout delivery of envelopes to every instance bound to a channel (pub/sub)."""
 
+    @property
+    def receiving(self) -> bool:
+        """True while deliveries can arrive (the consumer is up)."""
+        ...
+
     async def start(self, receiver: Receiver) -> None:
         """Begin delivering to ``receiver``; called once before any bind."""
         ...
@@ -155,6 +160,12 @@ QueueReceiver = Callable[[QueueDelivery], Coroutine[Any, Any, None]]
 
 class QueueConsumer(Protocol):
     """A consumer on one work queue, with at most ``prefetch`` unsettled deliveries."""
+
+    @property
+    def state(self) -> str:
+        """``ok`` (consuming), ``paused``, ``down`` (its channel is gone until the
+        connection comes back or it is resumed) or ``closed``."""
+        ...
 
     async def pause(self) -> None:
         """Take no more deliveries until :meth:`resume` (unsettled ones stay with us)."""

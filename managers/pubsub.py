@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -12,13 +13,23 @@ import structlog
 from pydantic import BaseModel
 
 from managers.debounce import Debouncer
-from managers.envelope import Envelope
+from managers.envelope import Envelope, new_message_id
 from managers.errors import BusError, PayloadError
 from managers.handler_checks import check_handler
 from managers.logger import Logger
-from managers.names import check_pubsub_channel
+from managers.names import check_pubsub_channel, pubsub_name
 from managers.protocols import BroadcastBackend, Codec
 from managers.tasks import TaskKeeper, cancel_after
+from managers.telemetry import (
+    DELIVERED,
+    DELIVERY_LAG,
+    DESTINATION,
+    FAILED,
+    NO_TELEMETRY,
+    PROCESS_DURATION,
+    PUBLISHED,
+    Telemetry,
+)
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -70,8 +81,10 @@ class PubSubManager:
         stop_timeout: float,
         context: dict[str, str],
         app: str | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._app = app if app is not None else context.get("app")
+        self._telemetry = telemetry
         self._instance_id = instance_id
         self._backend = backend
         self._codec = codec
@@ -205,6 +218,11 @@ class PubSubManager:
         await self._reconcile(channel)
         self._log.debug("pubsub.unsubscribed", channel=channel, handler=_name(handler))
 
+    def states(self) -> dict[str, str]:
+        """Every subscribed channel: ``ok`` while deliveries can arrive, else ``down``."""
+        state = "ok" if self._started and self._backend.receiving else "down"
+        return {channel: state for channel, subs in self._subs.items() if subs}
+
     def subscriptions(self, channel: str) -> list[Subscription]:
         """The subscriptions of ``channel`` on this instance."""
         return list(self._subs.get(channel, {}).values())
@@ -251,11 +269,21 @@ class PubSubManager:
         """:meth:`publish` of a payload already encoded by the bus codec (sync messages encode
         at the call and send after the commit), under ``trace_id`` when given."""
         self.check_channel(channel)
-        envelope = Envelope.new(body, sender=self._instance_id, trace_id=trace_id)
-        if not only_self:
-            if not self._started:
-                raise BusError(f"cannot publish on {channel!r}: the bus is not started")
-            await self._backend.publish(channel, envelope)
+        if not only_self and not self._started:
+            raise BusError(f"cannot publish on {channel!r}: the bus is not started")
+        message_id = new_message_id()
+        destination = self._destination(channel)
+        with self._telemetry.producer(destination, message_id=message_id) as carried:
+            envelope = Envelope.new(
+                body,
+                sender=self._instance_id,
+                trace_id=trace_id or self._telemetry.trace_id(),
+                message_id=message_id,
+                headers=carried,
+            )
+            if not only_self:
+                await self._backend.publish(channel, envelope)
+        self._telemetry.add(PUBLISHED, attributes={DESTINATION: destination})
         if self._log_debug.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "pubsub.publish",
@@ -279,6 +307,9 @@ class PubSubManager:
                 self._deliver(channel, envelope, self._codec.decode(body)), name="pubsub to self"
             )
         return envelope.message_id
+
+    def _destination(self, channel: str) -> str:
+        return pubsub_name(self._app or "-", channel)
 
     def check_channel(self, channel: str) -> str:
         """Return ``channel`` if it can be a pub/sub channel of this app: a valid name whose
@@ -314,20 +345,31 @@ class PubSubManager:
         subs = self._subs.get(channel)
         if not subs:
             return
-        structlog.contextvars.bind_contextvars(
-            **self._context,
-            trace_id=envelope.trace_id,
-            channel=channel,
-            message_id=envelope.message_id,
-        )
+        destination = self._destination(channel)
+        attributes = {DESTINATION: destination}
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
+        started = time.perf_counter()
         try:
-            await self._run_handlers(channel, subs, envelope, value)
+            with self._telemetry.consumer(
+                destination, message_id=envelope.message_id, headers=envelope.headers
+            ) as trace_id:
+                structlog.contextvars.bind_contextvars(
+                    **self._context,
+                    trace_id=trace_id or envelope.trace_id,
+                    channel=channel,
+                    message_id=envelope.message_id,
+                )
+                await self._run_handlers(channel, subs, envelope, value)
         finally:
             if task is not None:
                 self._inflight.discard(task)
+            self._telemetry.add(DELIVERED, attributes=attributes)
+            self._telemetry.record(PROCESS_DURATION, time.perf_counter() - started, attributes)
+            if envelope.timestamp:
+                lag = max(0.0, time.time() - envelope.timestamp)
+                self._telemetry.record(DELIVERY_LAG, lag, attributes)
 
     async def _run_handlers(
         self,
@@ -387,6 +429,8 @@ class PubSubManager:
             await sub.handler(payload)
         except Exception:
             self._log.exception("pubsub.handler_failed", handler=_name(sub.handler))
+            destination = self._destination(sub.channel)
+            self._telemetry.add(FAILED, attributes={DESTINATION: destination})
 
     @property
     def pending_debounced(self) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Collection
 
 from pydantic import BaseModel
 
-from managers.envelope import Envelope
+from managers.envelope import Envelope, new_message_id
 from managers.errors import BusError, PayloadError
 from managers.handler_checks import check_process
 from managers.logger import Logger
@@ -32,6 +32,7 @@ from managers.queue_messages import (
 )
 from managers.queue_worker import Idle, Process, QueueSubscription, QueueWorker
 from managers.tasks import cancel_after
+from managers.telemetry import DESTINATION, NO_TELEMETRY, PUBLISHED, Telemetry
 
 MAX_RETRIES = 10_000
 """The largest ``max_retries`` a message may have."""
@@ -58,8 +59,10 @@ class EventQueue:
         stop_timeout: float,
         consumer_timeout: float,
         context: dict[str, str],
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._app = app
+        self._telemetry = telemetry
         self._instance_id = instance_id
         self._backend = backend
         self._codec = codec
@@ -79,9 +82,18 @@ class EventQueue:
             tiers=self._tiers,
             context=context,
             max_timeout=consumer_timeout,
+            telemetry=telemetry,
         )
         self._started = False
         self._stopping = False
+
+    def states(self) -> dict[str, str]:
+        """Every subscribed queue channel: its consumer's state (``ok``, ``paused``, ``down``
+        while its channel is gone), or ``down`` when it has none yet."""
+        return {
+            sub.channel: "down" if sub.consumer is None else sub.consumer.state
+            for sub in self._subs.values()
+        }
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -249,10 +261,18 @@ class EventQueue:
             raise BusError(f"cannot publish on queue {channel!r}: the bus is not started")
         not_before = time.time() + delay if delay > 0 else None
         headers = initial_headers(max_retries=max_retries, timeout=timeout, not_before=not_before)
-        envelope = Envelope.new(
-            body, sender=self._instance_id, headers=headers, message_id=message_id
-        )
-        await self._backend.publish(queue, envelope, self._tiers.hop(delay) if delay > 0 else 0)
+        message_id = message_id or new_message_id()
+        with self._telemetry.producer(queue, message_id=message_id, routing_key=queue) as carried:
+            envelope = Envelope.new(
+                body,
+                sender=self._instance_id,
+                headers={**headers, **carried},
+                message_id=message_id,
+                trace_id=self._telemetry.trace_id(),
+            )
+            hop = self._tiers.hop(delay) if delay > 0 else 0
+            await self._backend.publish(queue, envelope, hop)
+        self._telemetry.add(PUBLISHED, attributes={DESTINATION: queue})
         if self._log_debug.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "queue.publish",

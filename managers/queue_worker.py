@@ -19,6 +19,7 @@ from managers.errors import BusError, BusUnavailable, PayloadError
 from managers.logger import Logger
 from managers.protocols import Codec, QueueConsumer, QueueDelivery
 from managers.queue_dedupe import CompletedIds
+from managers.queue_idle import IdleGate
 from managers.queue_messages import (
     DUE_SLACK,
     HEADER_ATTEMPT,
@@ -33,15 +34,23 @@ from managers.queue_messages import (
     to_ms,
 )
 from managers.tasks import TaskKeeper
+from managers.telemetry import (
+    DEAD_LETTERED,
+    DELIVERED,
+    DELIVERY_LAG,
+    DESTINATION,
+    FAILED,
+    NO_TELEMETRY,
+    PROCESS_DURATION,
+    RETRIED,
+    Telemetry,
+)
 
 Process = Callable[[Any, QueueContext], Awaitable[None]]
 Idle = Callable[[], bool]
 
 # The timeout of a message that arrives without an x-timeout header (published by hand).
 DEFAULT_TIMEOUT = 15.0
-
-# How often a paused (not idle) consumer asks its idle() predicate again.
-IDLE_POLL = 0.05
 
 # A message that could not be sent on (its retry, delay hop or dead-lettering failed) is kept
 # unacked at least this long (or retry_delay, if longer) before it is given back to the
@@ -71,7 +80,7 @@ class QueueSubscription:
     """Ids completed recently (``subscribe(dedupe=...)``): a later copy is acked unrun."""
 
 
-class QueueWorker:
+class QueueWorker(IdleGate):
     """Runs deliveries for an :class:`~managers.queue.EventQueue`'s subscriptions."""
 
     def __init__(
@@ -83,7 +92,9 @@ class QueueWorker:
         tiers: DelayTiers,
         context: dict[str, str],
         max_timeout: float = MAX_HEADER_TIMEOUT,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
+        self._telemetry = telemetry
         self._instance_id = instance_id
         self._max_timeout = max_timeout
         self._codec = codec
@@ -160,7 +171,13 @@ class QueueWorker:
         )
         sub.running[task] = ctx
         try:
-            await self._handle(sub, delivery, head, ctx, closes)
+            with self._telemetry.consumer(
+                sub.queue, message_id=envelope.message_id, headers=envelope.headers,
+                attempt=head.attempt,
+            ) as trace_id:  # fmt: skip
+                if trace_id is not None:
+                    structlog.contextvars.bind_contextvars(trace_id=trace_id)
+                await self._handle(sub, delivery, head, ctx, closes)
         except asyncio.CancelledError:
             if not self.stopping and not sub.closing:
                 raise
@@ -194,49 +211,6 @@ class QueueWorker:
             sub, delivery, reason, attempt=head.attempt, attempts=head.attempt, drop=drop
         )
         return None
-
-    def _is_idle(self, sub: QueueSubscription) -> bool:
-        """``sub.idle()``; a predicate that raises is logged and counts as idle (a broken
-        predicate must not stop the queue)."""
-        assert sub.idle is not None
-        try:
-            return bool(sub.idle())
-        except Exception:
-            self._log.exception("queue.idle_failed", channel=sub.channel)
-            return True
-
-    async def _hand_back(self, sub: QueueSubscription, delivery: QueueDelivery) -> None:
-        """This instance is busy: pause the consumer, give the message back, and resume
-        once ``idle()`` holds again."""
-        if not sub.paused:
-            try:
-                await self.pause(sub, quietly=True)
-            finally:
-                sub.poller = self._tasks.spawn(self._await_idle(sub), name="queue idle poller")
-            self._log.debug("queue.paused", channel=sub.channel, reason="not idle")
-        try:
-            await delivery.requeue()
-        except BusError as exc:  # the channel is gone: the broker gives it back anyway
-            self._log.warning("queue.settle_failed", operation="requeue", error=str(exc))
-
-    async def _await_idle(self, sub: QueueSubscription) -> None:
-        # idle() is a plain predicate: there is nothing to wait on but time
-        while not sub.closing:
-            if not self._is_idle(sub):
-                await asyncio.sleep(IDLE_POLL)
-                continue
-            consumer = sub.consumer
-            if consumer is None:
-                return
-            try:
-                await consumer.resume()
-            except BusError as exc:  # broker trouble: the robust connection comes back
-                self._log.warning("queue.resume_failed", channel=sub.channel, error=str(exc))
-                await asyncio.sleep(1.0)
-                continue
-            sub.paused = False
-            self._log.debug("queue.resumed", channel=sub.channel)
-            return
 
     async def _handle(
         self,
@@ -276,6 +250,7 @@ class QueueWorker:
         started = time.perf_counter()
         error = await self._run(sub.process, value, ctx)
         took = round(time.perf_counter() - started, 6)
+        self._measure(sub, envelope, ctx.attempt, took, failed=error is not None)
         if sub.closes != closes:
             # the consumer closed while the handler ran (e.g. the handler stopped the bus):
             # its message went back to the queue, and it runs again elsewhere or later
@@ -304,6 +279,7 @@ class QueueWorker:
                 self._log.warning(
                     "queue.retry", attempt=ctx.attempt + 1, delay=backoff, error=error
                 )
+                self._telemetry.add(RETRIED, attributes={DESTINATION: sub.queue})
             return
         await self._park(sub, delivery, error, attempt=ctx.attempt, attempts=ctx.attempt + 1)
 
@@ -414,6 +390,20 @@ class QueueWorker:
             await self._requeue_later(sub, delivery, "dead-letter", sub.closes)
             return
         self._log.error("queue.dead_letter", attempt=attempt, attempts=attempts, error=error)
+        self._telemetry.add(DEAD_LETTERED, attributes={DESTINATION: sub.queue})
+
+    def _measure(
+        self, sub: QueueSubscription, envelope: Envelope, attempt: int, took: float, failed: bool
+    ) -> None:
+        """An attempt's metrics: delivered, its duration, failed; the lag of a first one."""
+        attributes = {DESTINATION: sub.queue}
+        self._telemetry.add(DELIVERED, attributes=attributes)
+        self._telemetry.record(PROCESS_DURATION, took, attributes)
+        if failed:
+            self._telemetry.add(FAILED, attributes=attributes)
+        if attempt == 0 and envelope.timestamp:
+            lag = max(0.0, time.time() - envelope.timestamp - took)
+            self._telemetry.record(DELIVERY_LAG, lag, attributes)
 
     async def _requeue_later(
         self, sub: QueueSubscription, delivery: QueueDelivery, what: str, closes: int

@@ -25,6 +25,20 @@ class AmqpBackend:
         self.queues = AmqpQueues(self.transport, log)
         self.locks = AmqpLocks(self.transport, log)
 
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up and restored."""
+        return self.transport.connected
+
+    @property
+    def node(self) -> str | None:
+        """The node connected to (redacted URL), or None."""
+        return self.transport.node_url if self.transport.connected else None
+
+    async def probe(self) -> bool:
+        """A round trip within ``heartbeat`` seconds."""
+        return await self.transport.probe()
+
     async def connect(self) -> None:
         """Connect to the first node that answers (``BusUnavailable`` if none does)."""
         await self.transport.connect()

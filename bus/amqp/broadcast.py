@@ -59,6 +59,13 @@ class AmqpBroadcast:
         """The name of this instance's pub/sub queue."""
         return instance_queue(self._app, self._transport.instance_id)
 
+    @property
+    def receiving(self) -> bool:
+        """True while the consuming channel is open (aio-pika reopens it, and consumes
+        again, after a reconnection)."""
+        channel = self._channel
+        return channel is not None and not channel.is_closed and self._consumer_tag is not None
+
     async def start(self, receiver: Receiver) -> None:
         """Open the consuming channel, declare the instance queue and start consuming."""
         self._receiver = receiver

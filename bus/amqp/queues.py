@@ -271,6 +271,16 @@ class AmqpQueueConsumer:
         self._tag: str | None = None
         self._closed = False
 
+    @property
+    def state(self) -> str:
+        """``closed``, ``down`` (no open channel), ``paused`` (no consumer) or ``ok``."""
+        if self._closed:
+            return "closed"
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            return "down"
+        return "paused" if self._tag is None else "ok"
+
     async def open(self) -> None:
         """Open the channel, set the prefetch, declare the queue and start consuming (a
         failure or cancellation on the way closes the channel again)."""

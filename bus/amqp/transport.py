@@ -60,6 +60,8 @@ class AmqpTransport:
         self._publish_channel: AbstractRobustChannel | None = None
         self.reconnects = 0
         self.reconnect_listeners: list[Callable[[], None]] = []
+        self._probe_channel: AbstractRobustChannel | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self._deadlines = Deadlines(settings.publish_timeout)
         self.broker_version: Version = (0, 0, 0)
         """The version of the first broker node connected to (the queue arguments follow it
@@ -90,6 +92,38 @@ class AmqpTransport:
             for url in self.settings.amqp_urls()
         ]
         return url_order(urls, self.settings.amqp_failover)
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up: not lost, or back and restored (aio-pika calls
+        the reconnect callbacks once channels, queues and consumers are restored)."""
+        connection = self._connection
+        return connection is not None and connection.lost_at is None and not connection.is_closed
+
+    async def probe(self) -> bool:
+        """A round trip to the broker (``basic.qos`` on a channel of its own) answered within
+        ``heartbeat`` seconds: a silent broker is found long before the client library's own
+        heartbeat check (three intervals) gives up on it."""
+        if not self.connected:
+            return False
+        try:
+            async with asyncio.timeout(max(0.5, self.settings.heartbeat)):
+                channel = self._probe_channel
+                if channel is None or channel.is_closed:
+                    channel = await self.connection.channel(publisher_confirms=False)
+                    self._probe_channel = channel
+                await channel.set_qos(prefetch_count=0)
+        except Exception:  # no answer, or a broken channel: down, and a fresh one next time
+            channel, self._probe_channel = self._probe_channel, None
+            if channel is not None:
+                self._close_later(channel)
+            return False
+        return True
+
+    def _close_later(self, channel: AbstractRobustChannel) -> None:
+        task = asyncio.get_running_loop().create_task(_close_quietly(channel))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     @property
     def node_url(self) -> str | None:
@@ -172,7 +206,7 @@ class AmqpTransport:
     async def close(self) -> None:
         """Close the connection (and with it every channel)."""
         connection, self._connection = self._connection, None
-        self._publish_channel = None
+        self._publish_channel = self._probe_channel = None
         self._deadlines.close()
         if connection is not None:
             connection.close_callbacks.discard(self._on_close)

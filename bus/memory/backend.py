@@ -31,6 +31,13 @@ class MemoryBackend:
         self.queues = MemoryQueues(self._hub, app, settings.storage_dir, log)
         self.locks = MemoryLocks(self._hub.lock_table(app))
 
+    connected = True
+    node = "memory"
+
+    async def probe(self) -> bool:
+        """The hub always answers."""
+        return True
+
     async def connect(self) -> None:
         """Nothing to connect to."""
 

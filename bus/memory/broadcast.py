@@ -48,6 +48,11 @@ class MemoryBroadcast:
         self._warning: asyncio.TimerHandle | None = None
         self._pacer = Pacer()
 
+    @property
+    def receiving(self) -> bool:
+        """True between start and stop."""
+        return self._consumer is not None and not self._consumer.done()
+
     async def start(self, receiver: Receiver) -> None:
         """Begin delivering to ``receiver``."""
         self._receiver = receiver

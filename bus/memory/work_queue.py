@@ -106,6 +106,13 @@ class MemoryQueueConsumer:
         self._tasks = TaskKeeper(log, f"memory queue consumer {queue.name}")
 
     @property
+    def state(self) -> str:
+        """``ok`` or ``paused`` (``closed`` once closed)."""
+        if self not in self.queue.consumers:
+            return "closed"
+        return "ok" if self._active else "paused"
+
+    @property
     def has_room(self) -> bool:
         """True when this consumer is active and under its prefetch."""
         return self._active and (self._prefetch <= 0 or len(self._unsettled) < self._prefetch)

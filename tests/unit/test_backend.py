@@ -72,6 +72,11 @@ class _Injecting:
         self.locks: LockBackend = inner.locks
         self.broadcast: BroadcastBackend = _Dropping(inner.broadcast)
         self.closed = 0
+        self.connected = True
+        self.node: str | None = "memory"
+
+    async def probe(self) -> bool:
+        return self.connected
 
     async def connect(self) -> None:
         if self.refuse_connect:
@@ -97,6 +102,10 @@ class _Dropping:
         self.stop = inner.stop
         self.bind = inner.bind
         self.unbind = inner.unbind
+
+    @property
+    def receiving(self) -> bool:
+        return self._inner.receiving
 
     async def publish(self, channel: str, envelope: Envelope) -> None:
         if channel not in self.drop:
