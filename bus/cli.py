@@ -1,5 +1,6 @@
-"""The bus's own commands of the ``clusterbus`` command line (``settings``, ``dlq``); the
-console script itself is :func:`plugins.cli.main`, which adds the demo and the node."""
+"""The bus's own commands of the ``clusterbus`` command line (``settings``, ``dlq``,
+``doctor``); the console script itself is :func:`plugins.cli.main`, which adds the demo and
+the node."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from typing import TypeAlias
 
 from pydantic import SecretStr, ValidationError
 
-from bus import __version__, dlq
+from bus import __version__, dlq, doctor
 from bus.errors import BusError
 from bus.logs import configure_logging
 from bus.settings import Settings, redact_text, redact_url
 from bus.terminal import Terminal
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-BUS_COMMANDS = ("settings", "dlq")
+BUS_COMMANDS = ("settings", "dlq", "doctor")
 
 
 def parser() -> tuple[argparse.ArgumentParser, Commands]:
@@ -28,6 +29,7 @@ def parser() -> tuple[argparse.ArgumentParser, Commands]:
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("settings", help="show the effective settings (secrets redacted)")
     dlq.add_parser(commands)
+    doctor.add_parser(commands)
     return root, commands
 
 
@@ -75,7 +77,9 @@ def run(args: argparse.Namespace, terminal: Terminal, settings: Settings) -> int
         return 0
     configure_logging(format="console", level="WARNING")
     try:
+        if args.command == "doctor":
+            return doctor.run(terminal, args, settings)
         return asyncio.run(dlq.run(terminal, args, settings))
     except Exception as exc:  # a command line reports in one line, it does not trace back
-        terminal.print(failure("dlq", exc), style="red")
+        terminal.print(failure(args.command, exc), style="red")
         return 2 if isinstance(exc, ValidationError) else 1

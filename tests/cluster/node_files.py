@@ -43,6 +43,16 @@ class Node:
         return f"amqp://guest:guest@{HOST}:{self.amqp_port}/"
 
     @property
+    def management_port(self) -> int:
+        """The management API's port (node 1 only runs the plugin): AMQP port + 10000."""
+        return self.amqp_port + 10000
+
+    @property
+    def management_url(self) -> str:
+        """The management API of this node (guest user), when it runs the plugin."""
+        return f"http://guest:guest@{HOST}:{self.management_port}"
+
+    @property
     def short_name(self) -> str:
         """The node name without ``@host`` (as epmd knows it)."""
         return self.name.split("@", 1)[0]
@@ -122,10 +132,17 @@ class NodeFiles:
                 f"cluster_name = {self.prefix}",
                 "log.console = false",
                 "log.file.level = info",
-                *(self._discovery_config() if i > 0 else []),
+                *(self._discovery_config() if i > 0 else self._management_config()),
                 "",
             ]
         )
+
+    def _management_config(self) -> list[str]:
+        """Node 1 runs the management plugin (``clusterbus doctor --management-url``)."""
+        return [
+            f"management.tcp.ip = {HOST}",
+            f"management.tcp.port = {self.nodes[0].management_port}",
+        ]
 
     def _discovery_config(self) -> list[str]:
         """Peer discovery for nodes 2..n: on their first boot they join node 1 by themselves.
@@ -156,7 +173,8 @@ class NodeFiles:
             for sub in ("log", "mnesia", "conf.d", "plugins-expand"):
                 (home / sub).mkdir(parents=True, exist_ok=True)
             (home / "rabbitmq.conf").write_text(self._config(i))
-            (home / "enabled_plugins").write_text("[].\n")
+            plugins = "[rabbitmq_management]" if i == 0 else "[]"
+            (home / "enabled_plugins").write_text(f"{plugins}.\n")
 
     def _remove_base_dir(self) -> None:
         if not self.base_dir.exists():
