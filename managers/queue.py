@@ -32,7 +32,13 @@ from managers.queue_messages import (
 )
 from managers.queue_worker import Idle, Process, QueueSubscription, QueueWorker
 from managers.tasks import cancel_after
-from managers.telemetry import DESTINATION, NO_TELEMETRY, PUBLISHED, Telemetry
+from managers.telemetry import (
+    DEAD_QUEUE_DEPTH,
+    DESTINATION,
+    NO_TELEMETRY,
+    PUBLISHED,
+    Telemetry,
+)
 
 MAX_RETRIES = 10_000
 """The largest ``max_retries`` a message may have."""
@@ -313,10 +319,13 @@ class EventQueue:
     # dead letters ----------------------------------------------------------------------
 
     async def dead_letters(self, channel: str, *, shared: bool = False) -> list[DeadLetter]:
-        """The messages parked in ``channel``'s dead queue, oldest first (left in place)."""
+        """The messages parked in ``channel``'s dead queue, oldest first (left in place).
+        Their number is the dead queue's depth metric (when telemetry is on)."""
         queue = self._queue(channel, shared)
         self._require_started(channel)
-        return [self._dead_letter(channel, e) for e in await self._backend.dead_letters(queue)]
+        letters = [self._dead_letter(channel, e) for e in await self._backend.dead_letters(queue)]
+        self._telemetry.record(DEAD_QUEUE_DEPTH, len(letters), {DESTINATION: queue})
+        return letters
 
     def _dead_letter(self, channel: str, envelope: Envelope) -> DeadLetter:
         headers = envelope.headers
@@ -365,6 +374,7 @@ class EventQueue:
         queue = self._queue(channel, shared)
         self._require_started(channel)
         count = await self._backend.purge_dead(queue)
+        self._telemetry.record(DEAD_QUEUE_DEPTH, 0, {DESTINATION: queue})
         self._log.info("queue.purge_dead", channel=channel, count=count)
         return count
 

@@ -19,7 +19,9 @@ from managers.telemetry import (
     CACHE_HITS,
     CACHE_MISSES,
     DEAD_LETTERED,
+    DEAD_QUEUE_DEPTH,
     DELIVERED,
+    DESTINATION,
     FAILED,
     INVALIDATIONS_RECEIVED,
     INVALIDATIONS_SENT,
@@ -113,6 +115,7 @@ async def test_a_queue_trace_goes_through_retries_the_dead_queue_and_a_replay(
     with _tracer().start_as_current_span("request on A") as request:
         message_id = await a.queue.publish("jobs", {"job": 1}, max_retries=1)
     origin = request.get_span_context().trace_id
+    queue = f"{a.name}.queue.jobs"
 
     async def dead() -> bool:
         return bool(await a.queue.dead_letters("jobs"))
@@ -121,13 +124,16 @@ async def test_a_queue_trace_goes_through_retries_the_dead_queue_and_a_replay(
     while not await dead():
         assert asyncio.get_running_loop().time() < deadline, "no dead letter"
         await asyncio.sleep(0.05)
+    (depth,) = [
+        p for p in otel.metric_points(DEAD_QUEUE_DEPTH) if p.attributes.get(DESTINATION) == queue
+    ]
+    assert depth.value == 1  # the dead queue's depth, as of the last dead_letters() call
     heal.set()
     assert await a.queue.replay("jobs") == 1
     await eventually(lambda: len(attempts) == 3, what="two attempts, then the replay's")
     assert [attempt for attempt, _ in attempts] == [0, 1, 0]
     assert {trace_id for _, trace_id in attempts} == {origin}
 
-    queue = f"{a.name}.queue.jobs"
     await eventually(lambda: len(_spans(otel, f"process {queue}")) >= 3, what="3 spans")
     consumers = _spans(otel, f"process {queue}")
     assert {_trace_id(s) for s in consumers} == {origin}
