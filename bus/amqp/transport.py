@@ -106,6 +106,7 @@ class AmqpTransport:
         heartbeat check (three intervals) gives up on it."""
         if not self.connected:
             return False
+        answered = False
         try:
             async with asyncio.timeout(max(0.5, self.settings.heartbeat)):
                 channel = self._probe_channel
@@ -113,11 +114,14 @@ class AmqpTransport:
                     channel = await self.connection.channel(publisher_confirms=False)
                     self._probe_channel = channel
                 await channel.set_qos(prefetch_count=0)
-        except Exception:  # no answer, or a broken channel: down, and a fresh one next time
-            channel, self._probe_channel = self._probe_channel, None
-            if channel is not None:
-                self._close_later(channel)
+            answered = True
+        except Exception:  # no answer, or a broken channel: down
             return False
+        finally:
+            if not answered:  # (cancelled too) its state is unknown: a fresh one next time
+                channel, self._probe_channel = self._probe_channel, None
+                if channel is not None:
+                    self._close_later(channel)
         return True
 
     def _close_later(self, channel: AbstractRobustChannel) -> None:
