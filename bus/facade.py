@@ -18,7 +18,7 @@ from bus.instance import new_instance_id
 from bus.logs import get_logger
 from bus.memory.hub import MemoryHub
 from bus.otel import make_telemetry
-from bus.settings import Settings
+from bus.settings import Settings, redact_text
 from bus.stores.memory import MemoryStore
 from bus.stores.redis import RedisStore
 from bus.stores.redis import connect as connect_redis
@@ -114,6 +114,7 @@ class Bus:
             consumer_timeout=base.consumer_timeout,
             context=context,
             telemetry=self.telemetry,
+            redact=redact_text,
         )
         self.sync = SyncMessageManager(
             pubsub=self.pubsub,

@@ -124,7 +124,7 @@ class BusLogger:
             bound, ours = self._structlog()
             if not _enabled(bound, level):
                 return
-            fields = {**get_contextvars(), **_span_ids(), **kw}
+            fields = {**get_contextvars(), **kw, **_span_ids()}
             if not ours:  # somebody else's pipeline: it might show frame locals or passwords
                 _exception_as_text(fields)
                 fields = {key: _redact(value) for key, value in fields.items()}
@@ -133,7 +133,7 @@ class BusLogger:
             return
         if not self._stdlib.isEnabledFor(level):
             return
-        fields = {**get_contextvars(), **_span_ids(), **self._context, **kw}
+        fields = {**get_contextvars(), **self._context, **kw, **_span_ids()}
         _exception_as_text(fields)
         fields = {key: _redact(value) for key, value in fields.items()}
         pairs = (f"{k}={_shown(v)}" for k, v in fields.items() if k != "exception")

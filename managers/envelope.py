@@ -26,10 +26,15 @@ def new_message_id() -> str:
     return raw.hex()
 
 
+def bound_trace_id() -> str | None:
+    """The trace id bound in the structlog context, or None."""
+    trace_id = structlog.contextvars.get_contextvars().get("trace_id")
+    return trace_id if isinstance(trace_id, str) and trace_id else None
+
+
 def current_trace_id() -> str:
     """The trace id bound in the structlog context, or a new one."""
-    trace_id = structlog.contextvars.get_contextvars().get("trace_id")
-    return trace_id if isinstance(trace_id, str) and trace_id else os.urandom(16).hex()
+    return bound_trace_id() or os.urandom(16).hex()
 
 
 @dataclass(slots=True, frozen=True)

@@ -13,7 +13,7 @@ import structlog
 from pydantic import BaseModel
 
 from managers.debounce import Debouncer
-from managers.envelope import Envelope, new_message_id
+from managers.envelope import Envelope, bound_trace_id, new_message_id
 from managers.errors import BusError, PayloadError
 from managers.handler_checks import check_handler
 from managers.logger import Logger
@@ -273,11 +273,12 @@ class PubSubManager:
             raise BusError(f"cannot publish on {channel!r}: the bus is not started")
         message_id = new_message_id()
         destination = self._destination(channel)
+        trace_id = trace_id or self._telemetry.trace_id() or bound_trace_id()
         with self._telemetry.producer(destination, message_id=message_id) as carried:
             envelope = Envelope.new(
                 body,
                 sender=self._instance_id,
-                trace_id=trace_id or self._telemetry.trace_id(),
+                trace_id=trace_id or self._telemetry.trace_id(),  # else the producer span's
                 message_id=message_id,
                 headers=carried,
             )
@@ -354,10 +355,10 @@ class PubSubManager:
         try:
             with self._telemetry.consumer(
                 destination, message_id=envelope.message_id, headers=envelope.headers
-            ) as trace_id:
+            ):
                 structlog.contextvars.bind_contextvars(
                     **self._context,
-                    trace_id=trace_id or envelope.trace_id,
+                    trace_id=envelope.trace_id,  # the message's (x-trace-id)
                     channel=channel,
                     message_id=envelope.message_id,
                 )

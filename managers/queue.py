@@ -7,22 +7,25 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from pydantic import BaseModel
 
-from managers.envelope import Envelope, new_message_id
+from managers.envelope import Envelope, bound_trace_id, new_message_id
 from managers.errors import BusError, PayloadError
 from managers.handler_checks import check_process
 from managers.logger import Logger
 from managers.names import DEAD_SUFFIX, MAX_DELAY, check_message_id, queue_name, tier_suffix
 from managers.protocols import Codec, QueueBackend
+from managers.queue_attempts import Process
 from managers.queue_dedupe import CompletedIds
 from managers.queue_messages import (
     HEADER_ATTEMPTS,
     HEADER_ERROR,
+    HEADER_ERROR_TYPE,
     HEADER_FAILED_AT,
     HEADER_FAILED_BY,
+    HEADER_TRACEBACK,
     DeadLetter,
     DelayTiers,
     QueueContext,
@@ -30,7 +33,7 @@ from managers.queue_messages import (
     from_ms,
     initial_headers,
 )
-from managers.queue_worker import Idle, Process, QueueSubscription, QueueWorker
+from managers.queue_worker import Idle, QueueSubscription, QueueWorker
 from managers.tasks import cancel_after
 from managers.telemetry import (
     DEAD_QUEUE_DEPTH,
@@ -66,6 +69,7 @@ class EventQueue:
         consumer_timeout: float,
         context: dict[str, str],
         telemetry: Telemetry = NO_TELEMETRY,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self._app = app
         self._telemetry = telemetry
@@ -89,6 +93,7 @@ class EventQueue:
             context=context,
             max_timeout=consumer_timeout,
             telemetry=telemetry,
+            redact=redact,
         )
         self._started = False
         self._stopping = False
@@ -175,9 +180,17 @@ class EventQueue:
         shared: bool = False,
         model: type[BaseModel] | None = None,
         dedupe: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     ) -> QueueSubscription:
         """Run ``process(message, ctx)`` for messages of ``channel``, at most ``concurrency``
         at once on this instance (``<= 0``: unlimited), taking none while ``idle()`` is False.
+
+        ``max_retries`` and ``timeout`` are this consumer's defaults for messages published
+        without their own (else 0 retries and 15.0 s). With ``retry_on`` (exception types),
+        an attempt that raises anything else goes to the dead queue at once, its reason
+        saying so (a timed-out attempt is a ``TimeoutError``).
 
         ``dedupe`` (seconds, 0: off): this instance remembers the ids of the messages it
         completed for that long and acks a later copy of one without running ``process``
@@ -192,9 +205,12 @@ class EventQueue:
         check_process(channel, process)
         if not _seconds(dedupe) or dedupe < 0:
             raise ValueError(f"dedupe must be a number of seconds >= 0, got {dedupe!r}")
+        self._check_limits(channel, timeout, max_retries)
+        retry_types = _exception_types(channel, retry_on)
         if queue in self._subs:
             raise BusError(f"queue channel {channel!r} already has a consumer on this instance")
         sub = QueueSubscription(channel, queue, process, max(0, concurrency), idle, model)
+        sub.max_retries, sub.timeout, sub.retry_on = max_retries, timeout, retry_types
         if dedupe > 0:
             sub.completed = CompletedIds(dedupe)
         self._subs[queue] = sub
@@ -239,8 +255,8 @@ class EventQueue:
         channel: str,
         message: object,
         *,
-        timeout: float = 15.0,
-        max_retries: int = 0,
+        timeout: float | None = None,
+        max_retries: int | None = None,
         delay: float = 0.0,
         shared: bool = False,
         message_id: str | None = None,
@@ -249,10 +265,12 @@ class EventQueue:
 
         ``timeout`` bounds each attempt (at least :data:`MIN_TIMEOUT`, at most
         ``consumer_timeout``), ``max_retries`` is how many more attempts follow a failure (an
-        int, at most :data:`MAX_RETRIES`), ``delay`` holds the message back at least that
-        many seconds (finite, at most :data:`MAX_DELAY`). A value out of bounds raises
-        ``ValueError`` (a timeout above ``consumer_timeout``: :class:`BusError`) at the call,
-        in both modes; a name that cannot be a queue raises :class:`InvalidName`.
+        int, at most :data:`MAX_RETRIES`); left None, the consuming subscription's defaults
+        apply when the message is handled (else 15.0 s and 0 retries). ``delay`` holds the
+        message back at least that many seconds (finite, at most :data:`MAX_DELAY`). A value
+        out of bounds raises ``ValueError`` (a timeout above ``consumer_timeout``:
+        :class:`BusError`) at the call, in both modes; a name that cannot be a queue raises
+        :class:`InvalidName`.
 
         ``message_id`` replaces the generated id (letters, digits, ``-``, ``_``, at most 128
         characters; else :class:`InvalidName`), so a publish that raised can be retried
@@ -268,13 +286,14 @@ class EventQueue:
         not_before = time.time() + delay if delay > 0 else None
         headers = initial_headers(max_retries=max_retries, timeout=timeout, not_before=not_before)
         message_id = message_id or new_message_id()
+        trace_id = self._telemetry.trace_id() or bound_trace_id()  # the caller's, if any
         with self._telemetry.producer(queue, message_id=message_id, routing_key=queue) as carried:
             envelope = Envelope.new(
                 body,
                 sender=self._instance_id,
                 headers={**headers, **carried},
                 message_id=message_id,
-                trace_id=self._telemetry.trace_id(),
+                trace_id=trace_id or self._telemetry.trace_id(),  # else the producer span's
             )
             hop = self._tiers.hop(delay) if delay > 0 else 0
             await self._backend.publish(queue, envelope, hop)
@@ -291,29 +310,36 @@ class EventQueue:
             )
         return envelope.message_id
 
-    def _check_publish(self, channel: str, timeout: float, max_retries: int, delay: float) -> None:
+    def _check_publish(
+        self, channel: str, timeout: float | None, max_retries: int | None, delay: float
+    ) -> None:
         """Refuse, at the call, values the headers cannot carry or the broker would refuse."""
-        if not _seconds(timeout) or not timeout >= MIN_TIMEOUT:
+        self._check_limits(channel, timeout, max_retries)
+        if not _seconds(delay) or not 0 <= delay <= MAX_DELAY:
+            raise ValueError(
+                f"delay must be a number of seconds from 0 to {MAX_DELAY:g} (30 days), "
+                f"got {delay!r}"
+            )
+
+    def _check_limits(self, channel: str, timeout: float | None, max_retries: int | None) -> None:
+        """``timeout`` and ``max_retries`` (when given) within what headers and the broker
+        allow."""
+        if timeout is not None and (not _seconds(timeout) or not timeout >= MIN_TIMEOUT):
             raise ValueError(
                 f"timeout must be a number of seconds >= {MIN_TIMEOUT}, got {timeout!r}"
             )
-        if timeout > self._consumer_timeout:
+        if timeout is not None and timeout > self._consumer_timeout:
             raise BusError(
                 f"channel {channel!r}: timeout {timeout}s exceeds consumer_timeout "
                 f"{self._consumer_timeout}s (the broker would close the consumer first)"
             )
-        if (
+        if max_retries is not None and (
             isinstance(max_retries, bool)
             or not isinstance(max_retries, int)
             or not 0 <= max_retries <= MAX_RETRIES
         ):
             raise ValueError(
                 f"max_retries must be an int from 0 to {MAX_RETRIES}, got {max_retries!r}"
-            )
-        if not _seconds(delay) or not 0 <= delay <= MAX_DELAY:
-            raise ValueError(
-                f"delay must be a number of seconds from 0 to {MAX_DELAY:g} (30 days), "
-                f"got {delay!r}"
             )
 
     # dead letters ----------------------------------------------------------------------
@@ -344,6 +370,8 @@ class EventQueue:
             failed_at=from_ms(headers.get(HEADER_FAILED_AT)) or 0.0,
             trace_id=envelope.trace_id,
             channel=channel,
+            error_type=str(headers.get(HEADER_ERROR_TYPE, "")),
+            traceback=str(headers.get(HEADER_TRACEBACK, "")),
         )
 
     async def replay(
@@ -404,3 +432,18 @@ __all__ = [
     "QueueContext",
     "QueueSubscription",
 ]
+
+
+def _exception_types(
+    channel: str, retry_on: type[BaseException] | tuple[type[BaseException], ...] | None
+) -> tuple[type[BaseException], ...] | None:
+    """``retry_on`` as a tuple of exception classes, or a ``TypeError`` naming the channel."""
+    if retry_on is None:
+        return None
+    types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise TypeError(
+            f"retry_on for channel {channel!r} must be an exception class or a non-empty "
+            f"tuple of them, got {retry_on!r}"
+        )
+    return types

@@ -22,6 +22,8 @@ HEADER_ERROR = "x-error"
 HEADER_ATTEMPTS = "x-attempts"
 HEADER_FAILED_BY = "x-failed-by"
 HEADER_FAILED_AT = "x-failed-at"
+HEADER_ERROR_TYPE = "x-error-type"
+HEADER_TRACEBACK = "x-traceback"
 
 # Times in headers are integer milliseconds (x-timeout: a duration; x-not-before, x-failed-at:
 # epoch times): AMQP tables carry Python floats as 32-bit floats, which cannot hold an epoch
@@ -30,7 +32,14 @@ HEADER_FAILED_AT = "x-failed-at"
 # Headers RabbitMQ adds when it dead-letters (delay tiers); they are dropped when a message is
 # forwarded again so that they do not pile up.
 _BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
-_FAILURE_HEADERS = (HEADER_ERROR, HEADER_ATTEMPTS, HEADER_FAILED_BY, HEADER_FAILED_AT)
+_FAILURE_HEADERS = (
+    HEADER_ERROR,
+    HEADER_ATTEMPTS,
+    HEADER_FAILED_BY,
+    HEADER_FAILED_AT,
+    HEADER_ERROR_TYPE,
+    HEADER_TRACEBACK,
+)
 
 # A message whose not-before time is less than this many seconds away is due.
 DUE_SLACK = 0.02
@@ -38,6 +47,8 @@ DUE_SLACK = 0.02
 # MAX_ERROR_BYTES of UTF-8 (a header must fit a frame, whatever the characters).
 MAX_ERROR_CHARS = 2000
 MAX_ERROR_BYTES = 4096
+MAX_TRACEBACK_BYTES = 16 * 1024
+"""A dead letter's traceback is cut to this many bytes of UTF-8 (its last lines kept)."""
 
 
 @dataclass(slots=True)
@@ -76,6 +87,12 @@ class DeadLetter:
     """Wall-clock time (epoch seconds) when it was parked."""
     trace_id: str
     channel: str
+    error_type: str = ""
+    """The exception's type name (``TimeoutError`` for a timed-out attempt; empty for a
+    message parked unrun: undecodable, or malformed headers)."""
+    traceback: str = ""
+    """The handler's traceback as text (no local variables, URL passwords hidden), at most
+    16 KiB: its last lines when longer."""
 
 
 # Header values are read defensively: any peer on the broker (or a caller in memory mode) can
@@ -122,12 +139,14 @@ class QueueHeaders:
         default_timeout: float,
         *,
         max_timeout: float = MAX_HEADER_TIMEOUT,
+        default_max_retries: int = 0,
     ) -> QueueHeaders:
         """Read the headers; never raises, whatever a peer forged.
 
         Only finite int and float values are numbers (bools, strings, NaN, infinities and
-        None are not). An *absent* header takes its default (a message from a plain producer
-        is fine): ``attempt`` and ``max_retries`` 0, ``timeout`` ``default_timeout`` (at most
+        None are not). An *absent* header takes its default (a message from a plain producer,
+        or one published without its own values, is fine): ``attempt`` 0, ``max_retries``
+        ``default_max_retries``, ``timeout`` ``default_timeout`` (at most
         ``max_timeout``), ``not_before`` None. A header that is *present* but not a number in
         its bounds (``attempt`` and ``max_retries`` from 0 to ``MAX_HEADER_COUNT``,
         ``timeout`` from ``MIN_HEADER_TIMEOUT`` to ``max_timeout`` seconds, ``not_before`` at
@@ -169,7 +188,7 @@ class QueueHeaders:
         )
         return cls(
             attempt=int(attempt or 0),
-            max_retries=int(max_retries or 0),
+            max_retries=int(default_max_retries if max_retries is None else max_retries),
             timeout=float(timeout if timeout is not None else default),
             not_before=not_before,
             malformed=tuple(name for name, _ in problems),
@@ -214,14 +233,15 @@ def _number(value: object, default: float | None) -> float | None:
 
 
 def initial_headers(
-    *, max_retries: int, timeout: float, not_before: float | None
+    *, max_retries: int | None, timeout: float | None, not_before: float | None
 ) -> dict[str, Any]:
-    """Headers of a freshly published message."""
-    headers: dict[str, Any] = {
-        HEADER_ATTEMPT: 0,
-        HEADER_MAX_RETRIES: max_retries,
-        HEADER_TIMEOUT: to_ms(timeout),
-    }
+    """Headers of a freshly published message (``max_retries`` and ``timeout`` only when
+    given: without them the consuming subscription's defaults apply)."""
+    headers: dict[str, Any] = {HEADER_ATTEMPT: 0}
+    if max_retries is not None:
+        headers[HEADER_MAX_RETRIES] = max_retries
+    if timeout is not None:
+        headers[HEADER_TIMEOUT] = to_ms(timeout)
     if not_before is not None:
         headers[HEADER_NOT_BEFORE] = to_ms(not_before)
     return headers
@@ -258,6 +278,16 @@ def error_text(text: str) -> str:
     return raw[:MAX_ERROR_BYTES].decode("utf-8", "ignore")[:MAX_ERROR_CHARS]
 
 
+def traceback_text(text: str) -> str:
+    """A traceback made safe to store: encodable, at most :data:`MAX_TRACEBACK_BYTES` bytes
+    of UTF-8, its end kept (the exception and the innermost frames)."""
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) <= MAX_TRACEBACK_BYTES:
+        return raw.decode("utf-8")
+    kept = raw[-(MAX_TRACEBACK_BYTES - 64) :].decode("utf-8", "ignore")
+    return "[... the start of the traceback was cut ...]\n" + kept
+
+
 def parked(
     envelope: Envelope,
     *,
@@ -265,6 +295,8 @@ def parked(
     attempts: int,
     instance: str,
     drop: tuple[str, ...] = (),
+    error_type: str = "",
+    traceback: str = "",
 ) -> Envelope:
     """``envelope`` as it goes to the dead queue, with why, how often and by whom (the error
     text sanitised by :func:`error_text`, so any text a handler raised can be stored), without
@@ -272,6 +304,8 @@ def parked(
     replay gives them their defaults)."""
     changes: dict[str, Any] = dict.fromkeys(drop)
     changes[HEADER_ERROR] = error_text(error)
+    changes[HEADER_ERROR_TYPE] = error_text(error_type) or None
+    changes[HEADER_TRACEBACK] = traceback_text(traceback) or None
     changes[HEADER_ATTEMPTS] = attempts
     changes[HEADER_FAILED_BY] = instance
     changes[HEADER_FAILED_AT] = to_ms(time.time())

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from managers.envelope import Envelope
 from managers.errors import BusError, BusUnavailable, PayloadError
 from managers.logger import Logger
 from managers.protocols import Codec, QueueConsumer, QueueDelivery
+from managers.queue_attempts import Failure, Process, describe, run_attempt
 from managers.queue_dedupe import CompletedIds
 from managers.queue_idle import IdleGate
 from managers.queue_messages import (
@@ -46,7 +47,6 @@ from managers.telemetry import (
     Telemetry,
 )
 
-Process = Callable[[Any, QueueContext], Awaitable[None]]
 Idle = Callable[[], bool]
 
 # The timeout of a message that arrives without an x-timeout header (published by hand).
@@ -78,6 +78,12 @@ class QueueSubscription:
     its consumer (its message went back to the queue) and is not settled any more."""
     completed: CompletedIds | None = None
     """Ids completed recently (``subscribe(dedupe=...)``): a later copy is acked unrun."""
+    max_retries: int | None = None
+    """Retries of a message published without ``max_retries`` (None: 0)."""
+    timeout: float | None = None
+    """Timeout of a message published without ``timeout`` (None: 15 s)."""
+    retry_on: tuple[type[BaseException], ...] | None = None
+    """Exceptions worth a retry (None: any); any other goes to the dead queue at once."""
 
 
 class QueueWorker(IdleGate):
@@ -93,8 +99,10 @@ class QueueWorker(IdleGate):
         context: dict[str, str],
         max_timeout: float = MAX_HEADER_TIMEOUT,
         telemetry: Telemetry = NO_TELEMETRY,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self._telemetry = telemetry
+        self._redact = redact
         self._instance_id = instance_id
         self._max_timeout = max_timeout
         self._codec = codec
@@ -174,9 +182,7 @@ class QueueWorker(IdleGate):
             with self._telemetry.consumer(
                 sub.queue, message_id=envelope.message_id, headers=envelope.headers,
                 attempt=head.attempt,
-            ) as trace_id:  # fmt: skip
-                if trace_id is not None:
-                    structlog.contextvars.bind_contextvars(trace_id=trace_id)
+            ):  # fmt: skip
                 await self._handle(sub, delivery, head, ctx, closes)
         except asyncio.CancelledError:
             if not self.stopping and not sub.closing:
@@ -198,7 +204,10 @@ class QueueWorker(IdleGate):
         (a plain producer's message) take their defaults."""
         try:
             head = QueueHeaders.read(
-                delivery.envelope.headers, DEFAULT_TIMEOUT, max_timeout=self._max_timeout
+                delivery.envelope.headers,
+                DEFAULT_TIMEOUT if sub.timeout is None else sub.timeout,
+                max_timeout=self._max_timeout,
+                default_max_retries=sub.max_retries or 0,
             )
         except Exception as exc:  # (read never raises; if it did, still park, never spin)
             head = QueueHeaders(0, 0, DEFAULT_TIMEOUT, None, ("?",), describe(exc))
@@ -248,21 +257,29 @@ class QueueWorker(IdleGate):
                 "queue.start", attempt=ctx.attempt, redelivered=ctx.redelivered, timeout=ctx.timeout
             )
         started = time.perf_counter()
-        error = await self._run(sub.process, value, ctx)
+        failure = await run_attempt(
+            sub.process, value, ctx, stopping=lambda: self.stopping, redact=self._redact
+        )
         took = round(time.perf_counter() - started, 6)
-        self._measure(sub, envelope, ctx.attempt, took, failed=error is not None)
+        self._measure(sub, envelope, ctx.attempt, took, failed=failure is not None)
         if sub.closes != closes:
             # the consumer closed while the handler ran (e.g. the handler stopped the bus):
             # its message went back to the queue, and it runs again elsewhere or later
             self._log.warning("queue.left_queued", attempt=ctx.attempt, reason="consumer closed")
             return
-        if error is None:
+        if failure is None:
             if self._log_debug.is_enabled_for(logging.DEBUG):
                 self._log.debug("queue.success", attempt=ctx.attempt, seconds=took)
             if await self._ack(delivery) and sub.completed is not None:
                 sub.completed.add(envelope.message_id)
             return
+        error = failure.text
         self._log.warning("queue.failure", attempt=ctx.attempt, error=error, seconds=took)
+        if sub.retry_on is not None and not isinstance(failure.exception, sub.retry_on):
+            error = f"{error} (not retried: {failure.error_type} is not in retry_on)"
+            await self._park(sub, delivery, error, attempt=ctx.attempt, attempts=ctx.attempt + 1,
+                             failure=failure)  # fmt: skip
+            return
         if ctx.attempt < ctx.max_retries:
             backoff = self._tiers.backoff(ctx.attempt)
             retry = forwarded(
@@ -281,7 +298,9 @@ class QueueWorker(IdleGate):
                 )
                 self._telemetry.add(RETRIED, attributes={DESTINATION: sub.queue})
             return
-        await self._park(sub, delivery, error, attempt=ctx.attempt, attempts=ctx.attempt + 1)
+        await self._park(
+            sub, delivery, error, attempt=ctx.attempt, attempts=ctx.attempt + 1, failure=failure
+        )
 
     async def _ack(self, delivery: QueueDelivery) -> bool:
         """Ack ``delivery``; False (logged) when the channel is gone and the broker will
@@ -292,40 +311,6 @@ class QueueWorker(IdleGate):
             self._log.error("queue.settle_failed", operation="ack", error=str(exc))
             return False
         return True
-
-    async def _run(self, process: Process, value: object, ctx: QueueContext) -> str | None:
-        """Run one attempt under its deadline; the (sanitised) error text, or None."""
-        task = asyncio.current_task()
-        assert task is not None
-        fired = False
-
-        def expire() -> None:
-            nonlocal fired
-            fired = True
-            ctx.cancelled.set()
-            task.cancel()
-
-        handle = asyncio.get_running_loop().call_at(ctx.deadline, expire)
-        try:
-            await process(value, ctx)
-        except asyncio.CancelledError:
-            if not fired:
-                if ctx.cancelled.is_set() or self.stopping:
-                    raise  # the instance stops: the message stays queued
-                # cancelled from elsewhere in the app: a failed attempt, so that the message
-                # is settled (retried or parked) instead of held unacked
-                task.uncancel()
-                return "CancelledError: the handler's task was cancelled"
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # whatever a handler raises is a failed attempt
-            return describe(exc)
-        finally:
-            handle.cancel()
-        if fired:  # cancelled by the deadline (or the handler swallowed the cancellation)
-            task.uncancel()
-            return f"TimeoutError: the attempt took longer than its timeout ({ctx.timeout}s)"
-        return None
 
     # settling when the broker fails -------------------------------------------------------
     #
@@ -373,15 +358,18 @@ class QueueWorker(IdleGate):
         attempt: int,
         attempts: int,
         drop: tuple[str, ...] = (),
+        failure: Failure | None = None,
     ) -> None:
         """Dead-letter the message after ``attempts`` attempts with ``error`` (without the
-        headers named in ``drop``)."""
+        headers named in ``drop``; with the exception's type and traceback when it failed)."""
         dead = parked(
             delivery.envelope,
             error=error,
             attempts=attempts,
             instance=self._instance_id,
             drop=drop,
+            error_type="" if failure is None else failure.error_type,
+            traceback="" if failure is None else failure.traceback,
         )
         try:
             await delivery.bury(dead)
@@ -421,14 +409,3 @@ class QueueWorker(IdleGate):
             await delivery.requeue()
         except BusError as exc:  # the channel is gone: the broker gives it back anyway
             self._log.warning("queue.settle_failed", operation="requeue", error=str(exc))
-
-
-def describe(exc: BaseException) -> str:
-    """``"<Type>: <text>"`` of any exception, sanitised (see
-    :func:`~managers.queue_messages.error_text`); an exception whose ``str()`` raises is
-    still described by its type."""
-    try:
-        text = f"{type(exc).__name__}: {exc}"
-    except Exception:
-        text = f"{type(exc).__name__}: <str() of the exception raised>"
-    return error_text(text)
