@@ -45,6 +45,7 @@ bench: install services
 	$(PY) -m benchmarks.cache
 	$(PY) -m benchmarks.queue
 	$(PY) -m benchmarks.locks
+	$(PY) -m benchmarks.telemetry
 
 ## chaos: the long runs: lock chaos through faulty proxies (CLUSTERBUS_CHAOS_SECONDS=300), then
 ## every primitive on a 3-node cluster whose nodes die, ten times longer than in the suite

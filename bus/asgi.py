@@ -5,8 +5,9 @@
 
 ``GET .../live`` answers 200 while the bus is started (the process is alive and running its
 bus), else 503. ``GET .../ready`` (and ``GET .../health`` itself) answers 200 when
-:meth:`bus.Bus.health` says ``ok``, else 503, with the health as JSON either way. Pure ASGI:
-no framework needed.
+:meth:`bus.Bus.health` says ``ok``, else 503, with the health as JSON either way. Any other
+path answers 404, ``/metrics`` included: metrics are :func:`bus.prometheus.metrics_app`'s, so
+health probes never pay for a scrape. Pure ASGI: no framework needed.
 """
 
 from __future__ import annotations

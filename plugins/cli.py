@@ -22,7 +22,13 @@ from bus.settings import Settings
 from bus.terminal import Terminal
 from plugins.demo import APP_NAME
 
-EXTRAS = {"sqlalchemy": "demo", "aiosqlite": "demo", "rich": "demo", "psycopg": "postgres"}
+EXTRAS = {
+    "sqlalchemy": "demo",
+    "aiosqlite": "demo",
+    "rich": "demo",
+    "uvicorn": "demo",
+    "psycopg": "postgres",
+}
 """The extra that installs each optional module the demo imports."""
 
 
@@ -50,6 +56,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="SQLAlchemy URL (default: CLUSTERBUS_DEMO_DATABASE_URL)",
     )
     node.add_argument("--log-file", default=None, help="JSON logs here (default: stderr)")
+    node.add_argument(
+        "--http-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve /health/live and /health/ready on this port (default: no HTTP server)",
+    )
+    node.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="the address --http-port listens on (default: %(default)s; 0.0.0.0 in a container)",
+    )
     args = root.parse_args(argv)
     terminal = Terminal()
     settings = bus_cli.load_settings(terminal)
@@ -77,6 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _failed(terminal, "demo", exc)
     terminal.print(f"structured logs: {args.log_file}")
     return code
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    return value
 
 
 def _failed(terminal: Terminal, command: str, exc: Exception) -> int:
@@ -116,6 +145,8 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
                 database_url=args.database_url,
                 app_name=args.app,
                 settings=settings,
+                http_port=args.http_port,
+                http_host=args.http_host,
             )
         )
 

@@ -1,6 +1,7 @@
 """The OpenTelemetry SDK for tests: real providers, set once per process as the global ones,
-an in-memory span exporter that records only while a test asks (``recording()``), and an
-in-memory metric reader."""
+an in-memory span exporter that records only while a test asks (``recording()``), an
+in-memory metric reader, and a Prometheus reader (its collector is on ``prometheus_client``'s
+default registry, so tests can scrape :func:`bus.prometheus.metrics_app`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -30,16 +32,19 @@ class _Switched(SpanExporter):
 
 
 class Sdk:
-    """The process's SDK: ``spans()`` finished while recording, ``metric_points(name)``."""
+    """The process's SDK: ``spans()`` finished while recording, ``metric_points(name)``, and
+    ``prometheus``, the reader behind the default registry's Prometheus text."""
 
     def __init__(self) -> None:
         self.exporter = InMemorySpanExporter()
         self._switch = _Switched(self.exporter)
         self.reader = InMemoryMetricReader()
+        self.prometheus = PrometheusMetricReader()
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(SimpleSpanProcessor(self._switch))
         trace.set_tracer_provider(tracer_provider)
-        metrics.set_meter_provider(MeterProvider(metric_readers=[self.reader]))
+        self.meter_provider = MeterProvider(metric_readers=[self.reader, self.prometheus])
+        metrics.set_meter_provider(self.meter_provider)
 
     @contextmanager
     def recording(self) -> Iterator[Sdk]:

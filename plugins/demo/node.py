@@ -2,7 +2,9 @@
 plugin through which the demo driver (``clusterbus demo``) asks it to act and to report.
 
 ``clusterbus node`` runs one until SIGTERM/SIGINT (the compose service does this); the demo
-runs three, in its own process on the memory hub or as three processes on RabbitMQ.
+runs three, in its own process on the memory hub or as three processes on RabbitMQ. With
+``--http-port`` the node also serves ``/health/live`` and ``/health/ready``
+(:func:`bus.asgi.health_app`) over HTTP with uvicorn, for a container's healthcheck.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bus import MemoryHub, Settings
+from bus import Bus, MemoryHub, Settings
+from bus.asgi import health_app
 from plugins.app import App
 from plugins.demo import APP_NAME
 from plugins.examples.async_tasks import AsyncTasksPlugin
@@ -100,6 +103,60 @@ def build_node(
     return app
 
 
+@contextlib.asynccontextmanager
+async def health_server(bus: Bus, host: str, port: int) -> AsyncIterator[int]:
+    """Serve :func:`bus.asgi.health_app` for ``bus`` on ``host:port`` (``/health/live``,
+    ``/health/ready``) with uvicorn while the block runs; yields the port (the one the system
+    chose when ``port`` is 0). The socket is bound here, so a port in use raises
+    :class:`OSError` before anything else starts. Needs uvicorn (the ``demo`` extra)."""
+    import uvicorn
+
+    listening = asyncio.Event()
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # the node handles SIGTERM and SIGINT, and stops this server itself
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            listening.set()
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    config = uvicorn.Config(
+        health_app(bus),
+        lifespan="off",
+        log_config=None,  # uvicorn's loggers propagate to the node's logging set-up
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    server = Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="health http")
+    try:
+        started = asyncio.create_task(listening.wait())
+        await asyncio.wait((serving, started), return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if not server.started:
+            await serving  # raises what stopped it
+            raise RuntimeError("the health server did not start")
+        yield int(sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serving
+        sock.close()
+
+
 async def run_node(
     *,
     label: str | None,
@@ -107,8 +164,14 @@ async def run_node(
     database_url: str | None,
     app_name: str,
     settings: Settings,
+    http_port: int | None = None,
+    http_host: str = "127.0.0.1",
 ) -> int:
-    """``clusterbus node``: run one instance until SIGTERM or SIGINT; the exit status."""
+    """``clusterbus node``: run one instance until SIGTERM or SIGINT; the exit status.
+
+    With ``http_port``, ``/health/live`` and ``/health/ready`` are served on
+    ``http_host:http_port`` from before the node starts (503 until it is ready) until after
+    it stopped."""
     url = database_url or os.environ.get("CLUSTERBUS_DEMO_DATABASE_URL") or default_url(Path())
     database = Database(url)
     await database.create_all()
@@ -124,11 +187,18 @@ async def run_node(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await node.start()
-        print(f"ready {node.bus.instance_id}", flush=True)
-        await stop.wait()
+        async with contextlib.AsyncExitStack() as running:
+            if http_port is not None:
+                port = await running.enter_async_context(
+                    health_server(node.bus, http_host, http_port)
+                )
+                where = f"[{http_host}]" if ":" in http_host else http_host
+                print(f"health http://{where}:{port}/health/ready", flush=True)
+            running.push_async_callback(node.stop)  # before the health server closes
+            await node.start()
+            print(f"ready {node.bus.instance_id}", flush=True)
+            await stop.wait()
     finally:
-        await node.stop()
         with contextlib.suppress(Exception):
             await database.dispose()
     return 0

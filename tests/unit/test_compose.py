@@ -101,6 +101,30 @@ def test_app_replicas_and_dependencies(model: dict[str, Any]) -> None:
     assert grace is not None and int(grace.group(1)) > Settings.model_fields["stop_timeout"].default
 
 
+HEALTH_URL = "http://127.0.0.1:8080/health/ready"
+
+
+@pytest.mark.parametrize("service", ["app", "app-cluster"])
+def test_app_healthcheck_asks_the_app(run_compose: RunCompose, service: str) -> None:
+    """The replicas serve their health on 8080 (``clusterbus node --http-port``) and the
+    healthcheck asks that, not the broker's port."""
+    result = run_compose("--profile", "cluster", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    app = json.loads(result.stdout)["services"][service]
+    command = app["command"]
+    assert command[:2] == ["clusterbus", "node"]
+    assert command[command.index("--http-port") + 1] == "8080"
+    assert command[command.index("--http-host") + 1] == "0.0.0.0"
+    test = app["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    assert HEALTH_URL in test[3] and "5672" not in test[3]
+    compile(test[3], "healthcheck", "exec")
+    # the image installs uvicorn, which serves it (the demo extra)
+    installs = " ".join(a for k, a in dockerfile_instructions() if k == "RUN")
+    extras = re.search(r"""\.\[([a-z0-9_,-]+)\]""", installs)
+    assert extras is not None and "demo" in extras.group(1).split(",")
+
+
 def test_readme_table_matches_app_environment(model: dict[str, Any]) -> None:
     environment = {
         name: value
