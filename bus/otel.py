@@ -27,6 +27,7 @@ from typing import Any
 from managers.telemetry import (
     METRICS,
     NO_HEADERS,
+    NO_SPAN,
     NO_TELEMETRY,
     Attributes,
     Span,
@@ -72,24 +73,62 @@ class OtelTelemetry:
         from bus import __version__
 
         self._trace = trace
+        self._metrics = metrics
         self._context = context
         self._propagate = propagate
         self._tracer = trace.get_tracer("clusterbus", __version__)
         self._meter = metrics.get_meter("clusterbus", __version__)
         self._instruments: dict[str, Any] = {}
-        self._base: dict[str, str] = {"messaging.system": "rabbitmq", "clusterbus.mode": mode}
+        self._span_base: dict[str, str] = {"messaging.system": "rabbitmq", "clusterbus.mode": mode}
+        self._metric_base: dict[str, str] = dict(self._span_base)
+        self._span_attributes: dict[tuple[str, str | None], dict[str, str]] = {}
+        self._metric_attributes: dict[frozenset[tuple[str, Any]], dict[str, Any]] = {}
+        self._unset_meter_provider = _unset_meter_provider_type()
+
+    def _tracing(self) -> bool:
+        """True once the application set a tracer provider (the API's default makes only
+        no-op spans: then no span is made at all, which costs far less)."""
+        provider = self._trace.get_tracer_provider()
+        return not isinstance(
+            provider, (self._trace.ProxyTracerProvider, self._trace.NoOpTracerProvider)
+        )
+
+    def _measuring(self) -> bool:
+        """True once the application set a meter provider."""
+        provider = self._metrics.get_meter_provider()
+        unset = self._unset_meter_provider
+        return not (
+            isinstance(provider, self._metrics.NoOpMeterProvider)
+            or (unset is not None and isinstance(provider, unset))
+        )
+
+    def _attributes(self, destination: str, operation: str) -> dict[str, str]:
+        """A span's attributes but its message id (made once per destination)."""
+        key = (destination, operation)
+        attributes = self._span_attributes.get(key)
+        if attributes is None:
+            attributes = self._span_attributes[key] = {
+                **self._span_base,
+                "messaging.destination.name": destination,
+                "messaging.operation.type": "send" if operation == "publish" else "process",
+                "messaging.operation.name": operation,
+            }
+        return attributes
 
     @contextlib.contextmanager
     def producer(
         self, destination: str, *, message_id: str, routing_key: str | None = None
     ) -> Iterator[Mapping[str, str]]:
         """A PRODUCER span; yields the headers carrying its context."""
-        attributes = {
-            **self._base,
-            "messaging.destination.name": destination,
+        if not self._tracing():  # no SDK: only pass on a context that came from elsewhere
+            carrier: dict[str, str] = {}
+            if self._trace.get_current_span().get_span_context().is_valid:
+                self._propagate.inject(carrier)
+            yield carrier or NO_HEADERS
+            return
+        attributes: dict[str, str] = {
+            **self._attributes(destination, "publish"),
             "messaging.message.id": message_id,
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "publish",
         }
         if routing_key is not None:
             attributes["messaging.rabbitmq.destination.routing_key"] = routing_key
@@ -98,7 +137,7 @@ class OtelTelemetry:
             kind=self._trace.SpanKind.PRODUCER,
             attributes=attributes,
         ):
-            carrier: dict[str, str] = {}
+            carrier = {}
             self._propagate.inject(carrier)
             yield carrier
 
@@ -112,16 +151,16 @@ class OtelTelemetry:
         attempt: int | None = None,
     ) -> Iterator[str | None]:
         """A CONSUMER span continuing the headers' trace (a new trace without them)."""
+        if not self._tracing():
+            yield None
+            return
         carrier = {name: _text(headers[name]) for name in _CARRIED if name in headers}
         parent = self._propagate.extract(carrier) if carrier else self._context.Context()
         producer = self._trace.get_current_span(parent).get_span_context()
         links = [self._trace.Link(producer)] if producer.is_valid else []
         attributes: dict[str, str | int] = {
-            **self._base,
-            "messaging.destination.name": destination,
+            **self._attributes(destination, "process"),
             "messaging.message.id": message_id,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
         }
         if attempt is not None:
             attributes["clusterbus.attempt"] = attempt
@@ -139,10 +178,14 @@ class OtelTelemetry:
         self, name: str, attributes: Attributes
     ) -> contextlib.AbstractContextManager[None]:
         """An INTERNAL span around a block."""
+        if not self._tracing():
+            return contextlib.nullcontext()
         return self._tracer.start_as_current_span(name, attributes=dict(attributes))  # type: ignore[return-value]
 
     def start(self, name: str, attributes: Attributes) -> Span:
         """An INTERNAL span ended by the caller (not made current)."""
+        if not self._tracing():
+            return NO_SPAN
         return _OtelSpan(self._tracer.start_span(name, attributes=dict(attributes)))
 
     def trace_id(self) -> str | None:
@@ -152,16 +195,28 @@ class OtelTelemetry:
 
     def add(self, metric: str, amount: int = 1, attributes: Attributes = NO_HEADERS) -> None:
         """Add to a counter."""
-        self._instrument(metric).add(amount, {**self._base, **attributes})
+        if self._measuring():
+            self._instrument(metric).add(amount, self._with_base(attributes))
 
     def record(self, metric: str, value: float, attributes: Attributes = NO_HEADERS) -> None:
         """Record in a histogram or set a gauge."""
+        if not self._measuring():
+            return
         instrument = self._instrument(metric)
-        attributes = {**self._base, **attributes}
         if METRICS[metric][0] == "gauge":
-            instrument.set(value, attributes)
+            instrument.set(value, self._with_base(attributes))
         else:
-            instrument.record(value, attributes)
+            instrument.record(value, self._with_base(attributes))
+
+    def _with_base(self, attributes: Attributes) -> dict[str, Any]:
+        """``attributes`` and the base ones, one dict per distinct set (reused)."""
+        key = frozenset(attributes.items())
+        merged = self._metric_attributes.get(key)
+        if merged is None:
+            if len(self._metric_attributes) > 10_000:  # bounded, whatever the callers pass
+                self._metric_attributes.clear()
+            merged = self._metric_attributes[key] = {**self._metric_base, **attributes}
+        return merged
 
     def _instrument(self, metric: str) -> Any:
         instrument = self._instruments.get(metric)
@@ -187,3 +242,13 @@ def _text(value: object) -> str:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "replace")
     return value if isinstance(value, str) else str(value)
+
+
+def _unset_meter_provider_type() -> type | None:
+    """The class of the API's default meter provider (a proxy until the application sets
+    one); None when this version of the API does not have it where expected."""
+    try:
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - another API version: measure always
+        return None
+    return _ProxyMeterProvider

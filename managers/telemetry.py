@@ -112,7 +112,8 @@ class _NoSpan:
         """Nothing to end."""
 
 
-_NO_SPAN = _NoSpan()
+NO_SPAN: Span = _NoSpan()
+"""A span that records nothing."""
 
 
 class NoTelemetry:
@@ -146,7 +147,7 @@ class NoTelemetry:
 
     def start(self, name: str, attributes: Attributes) -> Span:
         """No span."""
-        return _NO_SPAN
+        return NO_SPAN
 
     def trace_id(self) -> str | None:
         """No span is ever active."""
