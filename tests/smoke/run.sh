@@ -5,7 +5,7 @@
 # and plugins/ (which must keep importing as theirs beside clusterbus).
 #
 # Usage: bash tests/smoke/run.sh [EXTRA ...]   (default: none cli redis sqlalchemy postgres
-#        fastapi demo; "none" is the install without extras)
+#        fastapi demo http otel prometheus; "none" is the install without extras)
 # Environment: VENV (the repository's venv, which builds the wheel; default .venv),
 #   PYTHON (makes the fresh venvs; default python3), SMOKE_JOBS (venvs at once; default 2),
 #   CLUSTERBUS_TEST_REDIS_URL (the Redis of the redis extra; default redis://127.0.0.1:6379/0).
@@ -21,7 +21,7 @@ REDIS_URL=${CLUSTERBUS_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}
 if (($# > 0)); then
     EXTRAS=("$@")
 else
-    EXTRAS=(none cli redis sqlalchemy postgres fastapi demo)
+    EXTRAS=(none cli redis sqlalchemy postgres fastapi demo http otel prometheus)
     # the other Python versions of the classifiers, without extras, where installed (on the
     # PATH, or as a pyenv version whose shim is not active)
     for version in 3.12 3.13; do

@@ -23,6 +23,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ import sysconfig
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,11 @@ EXTRA_MODULES = {
     "redis": ("redis",),
     "sqlalchemy": ("sqlalchemy", "aiosqlite"),
     "postgres": ("sqlalchemy", "psycopg"),
-    "fastapi": ("fastapi",),
-    "demo": ("sqlalchemy", "aiosqlite", "rich"),
+    "fastapi": ("fastapi", "uvicorn"),
+    "demo": ("sqlalchemy", "aiosqlite", "rich", "uvicorn"),
+    "http": ("uvicorn",),
+    "otel": ("opentelemetry",),
+    "prometheus": ("opentelemetry", "prometheus_client"),
 }
 """The modules each extra installs (the no-extras run checks that none is there)."""
 HEAVY = ("sqlalchemy", "fastapi", "redis", "rich")
@@ -518,6 +522,40 @@ def check_settings(ctx: Context) -> str:
     return f"{len(out.splitlines())} settings"
 
 
+def check_doctor(ctx: Context) -> str:
+    """``clusterbus doctor --json`` in memory mode: exit 0, the broker rows skipped."""
+    out = ctx.command("doctor", "--json")
+    document = json.loads(out)
+    expect(document["ok"] is True, f"`clusterbus doctor` found a problem:\n{out}")
+    return f"{len(document['checks'])} checks"
+
+
+def check_prometheus(ctx: Context) -> str:
+    """``enable_prometheus()`` and ``metrics_app()``: a Bus's metrics in Prometheus text."""
+    from clusterbus.prometheus import enable_prometheus, metrics_app
+
+    enable_prometheus()
+
+    async def scrape() -> str:
+        async with Bus("smoke-prom", hub=MemoryHub(), settings=ctx.settings("prom")) as bus:
+            await bus.pubsub.publish("ticks", 1)
+        sent: list[MutableMapping[str, Any]] = []
+
+        async def receive() -> MutableMapping[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+        await metrics_app()(scope, receive, send)
+        return b"".join(m.get("body", b"") for m in sent).decode()
+
+    text = asyncio.run(scrape())
+    expect("messaging_client_sent_messages" in text, f"no publish counter in:\n{text[:2000]}")
+    return "messaging_client_sent_messages exposed"
+
+
 def check_dlq_list(ctx: Context) -> str:
     """``clusterbus dlq list jobs --app smoke-dlq`` shows the saved dead letter."""
     out = ctx.command("dlq", "list", "jobs", "--app", "smoke-dlq")
@@ -703,12 +741,14 @@ def run_checks(ctx: Context) -> int:
         ("clusterbus --help", check_help),
         ("clusterbus settings", check_settings),
         ("clusterbus dlq list", check_dlq_list),
+        ("clusterbus doctor", check_doctor),
     ]
     extra_checks: dict[str, list[tuple[str, Callable[[Context], str]]]] = {
         "cli": [("dlq list with rich", check_cli_rich)],
         "postgres": [("psycopg", check_postgres)],
         "fastapi": [("fastapi", check_fastapi)],
         "demo": [("clusterbus demo --help", check_demo_help)],
+        "prometheus": [("prometheus", check_prometheus)],
     }
     for name, check in cli_checks + extra_checks.get(ctx.extra, []):
         started = time.monotonic()
