@@ -80,6 +80,9 @@ def run(args: argparse.Namespace, terminal: Terminal, settings: Settings) -> int
         if args.command == "doctor":
             return doctor.run(terminal, args, settings)
         return asyncio.run(dlq.run(terminal, args, settings))
+    except KeyboardInterrupt:  # Ctrl-C (at purge's question, say): nothing more is done
+        terminal.print(f"{args.command}: interrupted", style="red")
+        return 130
     except Exception as exc:  # a command line reports in one line, it does not trace back
         terminal.print(failure(args.command, exc), style="red")
         return 2 if isinstance(exc, ValidationError) else 1

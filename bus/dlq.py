@@ -1,82 +1,220 @@
-"""``clusterbus dlq``: list, replay and purge an event queue's dead letters."""
+"""``clusterbus dlq``: list, show, replay and purge an event queue's dead letters.
+
+``list`` and ``show`` only read; ``replay`` and ``purge`` change the queue (``purge`` asks
+first on a terminal, and needs ``--yes`` elsewhere). In memory mode the commands work on the
+file the app's queues were saved to (:mod:`bus.dlq_source`), on the broker on the dead queue.
+Exit status: 0 done, 1 not found (app, channel, dead queue, saved file, id) or failed, 2 bad
+usage (argparse's own errors, ``purge`` without ``--yes`` off a terminal) or invalid settings.
+What is printed is built in :mod:`bus.dlq_output` (wire texts printed literally, escaped).
+"""
 
 from __future__ import annotations
 
 import argparse
-import re
-import time
+import asyncio
+import sys
 
-from bus.facade import Bus
+from bus.dlq_output import (
+    letter_json,
+    not_shown_line,
+    note,
+    print_json,
+    print_letter,
+    print_table,
+    shown,
+)
+from bus.dlq_source import DeadQueue, NotFound, dead_queue, with_url
 from bus.settings import Settings
 from bus.terminal import Terminal
-from managers.queue_messages import DeadLetter
+from managers.names import validate_app_name
 
-ACTIONS = ("list", "replay", "purge")
-HEADERS = ["id", "attempts", "error", "age"]
-"""The columns of ``clusterbus dlq list``."""
+ACTIONS = ("list", "show", "replay", "purge")
+DEFAULT_LIMIT = 50
+"""How many dead letters ``list`` shows unless told (``--limit 0``: all)."""
+NOT_A_TERMINAL = "refusing to purge without --yes (not a terminal)"
+YES = ("y", "yes")
+
+__all__ = ["ACTIONS", "DEFAULT_LIMIT", "add_parser", "print_table", "run", "shown"]
+
+
+def _count(text: str) -> int:
+    """``--limit``'s value: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register the ``dlq`` subcommand."""
-    dlq = commands.add_parser("dlq", help="list, replay or purge a queue's dead letters")
-    dlq.add_argument("action", choices=ACTIONS)
-    dlq.add_argument("channel", help="the queue channel (as given to bus.queue.subscribe)")
-    dlq.add_argument("--app", required=True, help="the app name the queue belongs to")
-    dlq.add_argument("--shared", action="store_true", help="the shared queue queue.<channel>")
-    dlq.add_argument(
+    """Register ``dlq`` and its actions ``list``, ``show``, ``replay`` and ``purge``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("channel", help="the queue channel (as given to bus.queue.subscribe)")
+    common.add_argument("--app", required=True, help="the app name the queue belongs to")
+    common.add_argument(
+        "--shared", action="store_true", help="the shared queue queue.<channel> (any app's)"
+    )
+    common.add_argument(
+        "--amqp-url",
+        default=None,
+        help="RabbitMQ URL (default: CLUSTERBUS_AMQP_URL; without one, memory mode: the "
+        "queues saved under storage_dir)",
+    )
+    dlq = commands.add_parser(
+        "dlq",
+        help="list, show, replay or purge a queue's dead letters",
+        description="A queue's dead letters. Exit status: 0 done, 1 not found or failed, "
+        "2 bad usage or invalid settings.",
+    )
+    actions = dlq.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[common], help="the dead letters (read only)")
+    listing.add_argument("--json", action="store_true", help="a JSON array, nothing else")
+    listing.add_argument(
+        "--limit",
+        type=_count,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help="show the N oldest (default: %(default)s; 0: all)",
+    )
+    show = actions.add_parser(
+        "show", parents=[common], help="one dead letter: payload, headers, traceback (read only)"
+    )
+    show.add_argument("id", help="the message id (as list shows it)")
+    show.add_argument("--json", action="store_true", help="a JSON object, nothing else")
+    replay = actions.add_parser(
+        "replay", parents=[common], help="back to the queue, attempt count reset"
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--id",
         dest="ids",
         action="append",
-        default=None,
-        help="replay only this message id (repeatable; default: all)",
+        metavar="ID",
+        help="replay this message id (repeatable); if one is not there, none is replayed",
     )
-    dlq.add_argument(
-        "--amqp-url", default=None, help="RabbitMQ URL (default: CLUSTERBUS_AMQP_URL, or memory)"
+    which.add_argument("--all", action="store_true", help="replay every dead letter")
+    purge = actions.add_parser("purge", parents=[common], help="drop every dead letter")
+    purge.add_argument(
+        "--yes", action="store_true", help="do not ask (required when stdin is not a terminal)"
     )
-
-
-def _age(failed_at: float, now: float) -> str:
-    if not failed_at:
-        return "?"
-    seconds = max(0.0, now - failed_at)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.1f}s"
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def shown(text: object) -> str:
-    """``text`` as it may be printed: control characters (terminal escapes a peer could forge)
-    and lone surrogates become escapes; the rest, ``[/]`` or ``[bold]`` included, is left as
-    it is (the terminal prints it literally, never as markup)."""
-    safe = str(text).encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", safe)
-
-
-def print_table(terminal: Terminal, channel: str, letters: list[DeadLetter]) -> None:
-    """Print the table of ``letters``: id, attempts, error, age (data printed literally)."""
-    now = time.time()
-    rows = [
-        [shown(letter.id), shown(letter.attempts), shown(letter.error), _age(letter.failed_at, now)]
-        for letter in letters
-    ]
-    terminal.table(shown(f"dead letters of {channel!r} ({len(letters)})"), HEADERS, rows)
 
 
 async def run(terminal: Terminal, args: argparse.Namespace, settings: Settings) -> int:
-    """Carry out ``clusterbus dlq ACTION CHANNEL``; the exit status."""
-    async with Bus(args.app, amqp_url=args.amqp_url, settings=settings) as bus:
-        queue = bus.queue
-        if args.action == "list":
-            letters = await queue.dead_letters(args.channel, shared=args.shared)
-            print_table(terminal, args.channel, letters)
-        elif args.action == "replay":
-            moved = await queue.replay(args.channel, args.ids, shared=args.shared)
-            terminal.print(f"replayed {moved} message(s) to {args.channel!r}")
-        else:
-            purged = await queue.purge_dead(args.channel, shared=args.shared)
-            terminal.print(f"purged {purged} dead letter(s) of {args.channel!r}")
+    """Carry out ``clusterbus dlq ACTION CHANNEL``; the exit status.
+
+    What is not found prints one line and exits 1; any other failure raises (the caller
+    prints it in one redacted line)."""
+    app = validate_app_name(args.app)
+    queue = dead_queue(with_url(settings, args.amqp_url), app, args.channel, shared=args.shared)
+    action = args.dlq_action
+    if action == "purge" and not args.yes and not stdin_is_terminal():
+        terminal.print(NOT_A_TERMINAL, style="red")
+        return 2
+    try:
+        if action == "list":
+            return await _list(terminal, queue, as_json=args.json, limit=args.limit)
+        if action == "show":
+            return await _show(terminal, queue, args.id, as_json=args.json)
+        if action == "replay":
+            moved = await queue.replay(None if args.all else list(args.ids))
+            terminal.print(shown(f"replayed {moved} message(s) to {queue.channel!r}"))
+            return 0
+        return await _purge(terminal, queue, ask=not args.yes)
+    except NotFound as exc:
+        terminal.print(shown(exc), style="red")
+        return 1
+
+
+async def _list(terminal: Terminal, queue: DeadQueue, *, as_json: bool, limit: int) -> int:
+    letters = await queue.letters()
+    kept = letters if limit == 0 else letters[:limit]
+    hidden = len(letters) - len(kept)
+    if as_json:
+        print_json(terminal, [letter_json(letter) for letter in kept])
+        if hidden:
+            note(not_shown_line(hidden, limit))
+        return 0
+    print_table(terminal, queue.channel, kept, total=len(letters))
+    if hidden:
+        terminal.print(not_shown_line(hidden, limit))
     return 0
+
+
+async def _show(terminal: Terminal, queue: DeadQueue, message_id: str, *, as_json: bool) -> int:
+    found = [letter for letter in await queue.letters() if letter.id == message_id]
+    if not found:
+        raise queue.unknown_ids([message_id])
+    letter = found[0]
+    more = (
+        f"{len(found)} dead letters have id {message_id!r}: showing the oldest "
+        "(list shows them all)"
+        if len(found) > 1
+        else ""
+    )
+    if as_json:
+        print_json(terminal, letter_json(letter))
+        if more:
+            note(more)
+        return 0
+    print_letter(terminal, letter, app=queue.app)
+    if more:
+        terminal.print(shown(more))
+    return 0
+
+
+async def _purge(terminal: Terminal, queue: DeadQueue, *, ask: bool) -> int:
+    if ask:
+        count = await queue.count()
+        if count == 0:
+            terminal.print(shown(f"no dead letters in {queue.channel!r} (app {queue.app!r})"))
+            return 0
+        question = f"purge {count} dead letter(s) of {queue.channel!r} (app {queue.app!r})?"
+        if not await confirm(terminal, shown(f"{question} [y/N]")):
+            terminal.print("not purged")
+            return 1
+    purged = await queue.purge()
+    terminal.print(shown(f"purged {purged} dead letter(s) of {queue.channel!r}"))
+    return 0
+
+
+def stdin_is_terminal() -> bool:
+    """Whether someone can be asked: stdin is a terminal."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):  # closed or detached
+        return False
+
+
+async def confirm(terminal: Terminal, question: str) -> bool:
+    """Ask ``question`` on the terminal; True on ``y`` or ``yes`` (any case), else False
+    (end of input too). The answer is awaited without blocking the event loop when stdin has
+    a descriptor the loop can watch, so that Ctrl-C stops the command at once."""
+    out = terminal.file
+    out.write(f"{question} ")
+    out.flush()
+    try:
+        await _line_ready()
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):
+        return False
+    return answer.strip().lower() in YES
+
+
+async def _line_ready() -> None:
+    """Wait until stdin can be read (at once when it has no descriptor to watch)."""
+    try:
+        descriptor = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    try:
+        loop.add_reader(descriptor, ready.set)
+    except (NotImplementedError, OSError, ValueError):  # a loop that cannot watch it
+        return
+    try:
+        await ready.wait()
+    finally:
+        loop.remove_reader(descriptor)

@@ -96,6 +96,20 @@ def _check_version(data: Any) -> None:
         raise ValueError(f"unknown format version {version!r}")
 
 
+def decode(raw: bytes) -> Saved:
+    """The queues of a saved file's bytes; raises (``ValueError`` or a msgpack error) when
+    they are not a file this version wrote. Changes nothing anywhere."""
+    data = msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors=UNICODE_ERRORS)
+    _check_version(data)
+    return {
+        str(name): (
+            [_unpack(r) for r in q["queued"]],
+            [_unpack(r) for r in q["dead"]],
+        )
+        for name, q in data["queues"].items()
+    }
+
+
 def read(path: Path) -> Saved:
     """Read ``path`` without deleting it; empty when it does not exist.
 
@@ -107,15 +121,7 @@ def read(path: Path) -> Saved:
     except FileNotFoundError:
         return {}
     try:
-        data = msgpack.unpackb(raw, raw=False, strict_map_key=False, unicode_errors=UNICODE_ERRORS)
-        _check_version(data)
-        return {
-            str(name): (
-                [_unpack(r) for r in q["queued"]],
-                [_unpack(r) for r in q["dead"]],
-            )
-            for name, q in data["queues"].items()
-        }
+        return decode(raw)
     except Exception as exc:
         kept = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
         os.replace(path, kept)

@@ -69,8 +69,8 @@ def test_settings_needs_no_extra(tmp_path: Path) -> None:
 
 def test_dlq_list_needs_no_extra(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "dlq", "list", "jobs", "--app", "t-no-extras")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "dead letters of 'jobs' (0)" in proc.stdout
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # nothing saved for that app
+    assert proc.stdout.startswith("no saved queues of app 't-no-extras': ")
     assert "Traceback" not in proc.stderr
 
 
@@ -99,7 +99,7 @@ def test_dlq_list_without_rich_is_a_plain_table(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "dead letters of 'jobs' (2)"
-    assert lines[1].split() == ["id", "attempts", "error", "age"]
+    assert lines[1].split() == ["id", "attempts", "error_type", "error", "failed_at", "age"]
     assert set(lines[2]) <= {"-", " "}
     rows = lines[3:]
     assert len(rows) == 2
