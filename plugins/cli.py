@@ -1,9 +1,11 @@
-"""The ``clusterbus`` console script: the bus's commands plus ``demo`` and ``node``.
+"""The ``clusterbus`` console script: the bus's commands plus ``run``, ``demo`` and ``node``.
 
-Only the bus's dependencies are imported here: the demo (:mod:`plugins.demo.app`,
+Only the bus's dependencies are imported here: the runner (:mod:`plugins.runner`) imports
+uvicorn only for ``--http-port``, and the demo (:mod:`plugins.demo.app`,
 :mod:`plugins.demo.node`) needs the ``demo`` extra (SQLAlchemy, rich) and is imported by its
-commands, so ``clusterbus --help``, ``settings`` and ``dlq`` work from the wheel without
-extras; they print through :class:`bus.terminal.Terminal`, in colour when rich is installed.
+commands, so ``clusterbus --help``, ``settings``, ``dlq`` and ``run`` work from the wheel
+without extras; they print through :class:`bus.terminal.Terminal`, in colour when rich is
+installed. ``node`` is ``run`` applied to the demo's app (:func:`plugins.demo.node.node_app`).
 """
 
 from __future__ import annotations
@@ -13,20 +15,23 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
+from typing import get_args
 
 from pydantic import ValidationError
 
 from bus import cli as bus_cli
-from bus.logs import configure_logging
+from bus.logs import LogFormat, configure_logging
 from bus.settings import Settings
 from bus.terminal import Terminal
+from plugins import runner
+from plugins.app import App
 from plugins.demo import APP_NAME
 
 EXTRAS = {
     "sqlalchemy": "demo",
     "aiosqlite": "demo",
     "rich": "demo",
-    "uvicorn": "demo",
+    "uvicorn": "http",
     "psycopg": "postgres",
 }
 """The extra that installs each optional module the demo imports."""
@@ -35,6 +40,30 @@ EXTRAS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clusterbus`` console script."""
     root, commands = bus_cli.parser()
+    run = commands.add_parser(
+        "run",
+        help="run an App until SIGTERM/SIGINT, then stop it gracefully",
+        description="Run TARGET (module:attribute: an App, or a zero-argument factory, sync "
+        "or async, returning one) until SIGTERM or SIGINT, then stop it gracefully; exit "
+        "0. A second signal stops at once. Exit 1 when the app fails to start, 2 when "
+        "TARGET cannot be used.",
+    )
+    run.add_argument("target", metavar="TARGET", help="module:attribute, e.g. myapp.main:app")
+    run.add_argument(
+        "--log-format",
+        choices=get_args(LogFormat),
+        default=None,
+        help="json, console, or auto: console on a terminal (default: the log_format setting)",
+    )
+    run.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=runner.LEVELS,
+        default=None,
+        help="the lowest level logged; DEBUG also shows a failed start's traceback "
+        "(default: the log_level setting)",
+    )
+    _http_options(run, "/health/live, /health/ready and /metrics")
     demo = commands.add_parser("demo", help="three instances running the example plugins")
     demo.add_argument(
         "--amqp-url",
@@ -57,17 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     node.add_argument("--log-file", default=None, help="JSON logs here (default: stderr)")
     node.add_argument(
-        "--http-port",
-        type=_port,
-        default=None,
-        metavar="PORT",
-        help="serve /health/live and /health/ready on this port (default: no HTTP server)",
+        "--control",
+        action="store_true",
+        help="host the demo's control channel, through which any peer on the broker can add "
+        "and remove fields and submit tasks (clusterbus demo asks for it; default: off)",
     )
-    node.add_argument(
-        "--http-host",
-        default="127.0.0.1",
-        help="the address --http-port listens on (default: %(default)s; 0.0.0.0 in a container)",
-    )
+    _http_options(node, "/health/live, /health/ready and /metrics")
     args = root.parse_args(argv)
     terminal = Terminal()
     settings = bus_cli.load_settings(terminal)
@@ -75,9 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command in bus_cli.BUS_COMMANDS:
         return bus_cli.run(args, terminal, settings)
+    if args.command == "run":
+        return runner.run(
+            args.target,
+            log_format=args.log_format or settings.log_format,
+            log_level=args.log_level or settings.log_level,
+            http_port=args.http_port,
+            http_host=args.http_host,
+            terminal=terminal,
+        )
     if args.command == "node":
         try:
-            return _node(args, settings)
+            return _node(args, settings, terminal)
         except Exception as exc:  # a command line reports in one line, it does not trace back
             return _failed(terminal, "node", exc)
     try:  # the demo extra: SQLAlchemy for the example plugins, rich for the narrative
@@ -95,6 +128,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = _failed(terminal, "demo", exc)
     terminal.print(f"structured logs: {args.log_file}")
     return code
+
+
+def _http_options(command: argparse.ArgumentParser, endpoints: str) -> None:
+    command.add_argument(
+        "--http-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help=f"serve {endpoints} on this port (default: no HTTP server; needs uvicorn, "
+        "the http extra)",
+    )
+    command.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="the address --http-port listens on (default: %(default)s; 0.0.0.0 in a container)",
+    )
 
 
 def _port(text: str) -> int:
@@ -126,8 +175,26 @@ def _missing_extra(exc: BaseException) -> str | None:
     return EXTRAS.get(exc.name.partition(".")[0])
 
 
-def _node(args: argparse.Namespace, settings: Settings) -> int:
-    from plugins.demo.node import run_node  # needs the demo extra: imported on use
+def _node(args: argparse.Namespace, settings: Settings, terminal: Terminal) -> int:
+    """``clusterbus node``: the runner applied to the demo's app."""
+    from plugins.demo.node import node_app  # needs the demo extra: imported on use
+
+    def app() -> App:
+        return node_app(
+            label=args.label,
+            database_url=args.database_url,
+            app_name=args.app,
+            amqp_url=args.amqp_url,
+            settings=settings,
+            control=args.control,
+        )
+
+    def announce(app: App, port: int | None) -> None:
+        """What ``clusterbus demo`` (and a person watching) waits for on standard output."""
+        if port is not None:
+            where = f"[{args.http_host}]" if ":" in args.http_host else args.http_host
+            print(f"health http://{where}:{port}/health/ready", flush=True)
+        print(f"ready {app.bus.instance_id}", flush=True)
 
     with contextlib.ExitStack() as files:
         target = (
@@ -135,19 +202,16 @@ def _node(args: argparse.Namespace, settings: Settings) -> int:
             if args.log_file
             else None
         )
-        configure_logging(
-            format="json" if target else settings.log_format, level=settings.log_level, file=target
-        )
-        return asyncio.run(
-            run_node(
-                label=args.label,
-                amqp_url=args.amqp_url,
-                database_url=args.database_url,
-                app_name=args.app,
-                settings=settings,
-                http_port=args.http_port,
-                http_host=args.http_host,
-            )
+        return runner.run(
+            app,
+            command="node",
+            log_format="json" if target else settings.log_format,
+            log_level=settings.log_level,
+            log_file=target,
+            http_port=args.http_port,
+            http_host=args.http_host,
+            on_ready=announce,
+            terminal=terminal,
         )
 
 

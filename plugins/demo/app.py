@@ -2,8 +2,9 @@
 through a scenario whose every step is checked; non-zero exit when one did not behave.
 
 In memory mode the three instances live in this process on one hub; with ``--amqp-url``
-they are three ``clusterbus node`` processes on RabbitMQ. Either way the driver talks to
-them only through the bus (the ``demo-control`` plugin), and they share one SQLite file.
+they are three ``clusterbus node --control`` processes on RabbitMQ. Either way the driver
+talks to them only through the bus (the ``demo-control`` plugin, which the nodes host only
+when asked for), and they share one SQLite file.
 """
 
 from __future__ import annotations
@@ -300,7 +301,9 @@ class MemoryCluster:
         self.settings = settings
         self.app_name = app_name
         self.nodes: list[App] = [
-            build_node(label, database, app_name=app_name, hub=self.hub, settings=settings)
+            build_node(
+                label, database, app_name=app_name, hub=self.hub, settings=settings, control=True
+            )
             for label in LABELS
         ]
 
@@ -349,6 +352,7 @@ class ProcessCluster:
                 self.amqp_url,
                 "--database-url",
                 self.database_url,
+                "--control",  # the driver talks to the nodes through their control channel
                 *(["--log-file", self.log_file] if self.log_file else []),
                 stdout=asyncio.subprocess.PIPE,
                 env={**os.environ, "CLUSTERBUS_LOG_LEVEL": "DEBUG"},
