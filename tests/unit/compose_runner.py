@@ -1,18 +1,27 @@
 """The real Docker Compose binary, run on compose/docker-compose.yml (no engine needed), for
 the compose tests (each makes its module-scoped ``run_compose`` fixture with
-:func:`compose_runner`)."""
+:func:`compose_runner`).
+
+The compose file takes its secrets from ``compose/.env`` (ignored by git), each written
+``${NAME:?...}`` so that a missing one stops Compose. The tests interpolate it with the
+committed example instead, ``compose/.env.example`` (:data:`ENV_EXAMPLE`): a developer's own
+``compose/.env`` never changes what they see.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / "compose" / ".env.example"
 
 
 def compose_binary() -> Path:
@@ -34,15 +43,16 @@ def compose_binary() -> Path:
 RunCompose = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def compose_runner(docker_config: Path) -> RunCompose:
+def compose_runner(docker_config: Path, env_file: Path = ENV_EXAMPLE) -> RunCompose:
     """Runs the binary on compose/docker-compose.yml in a clean environment: an empty
-    DOCKER_CONFIG and HOME, and no COMPOSE_* variables of the caller's."""
+    DOCKER_CONFIG and HOME, no COMPOSE_* variables of the caller's, and the variables of
+    ``env_file`` (the committed example by default) instead of compose/.env."""
     binary = compose_binary()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(docker_config), "DOCKER_CONFIG": str(docker_config)}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(binary), "-f", str(COMPOSE_FILE), *args],
+            [str(binary), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *args],
             capture_output=True,
             text=True,
             env=env,
@@ -52,3 +62,12 @@ def compose_runner(docker_config: Path) -> RunCompose:
         )
 
     return run
+
+
+def compose_model(run: RunCompose, *args: str) -> dict[str, Any]:
+    """The resolved compose model (``config --format json``), ``args`` before ``config``
+    (``"--profile", "cluster"``)."""
+    result = run(*args, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded

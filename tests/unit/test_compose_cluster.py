@@ -4,8 +4,6 @@ compose/README.md. The default stack is checked by test_compose.py."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import re
 from typing import Any
@@ -14,8 +12,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from bus import Settings
-from tests.unit.compose_runner import RunCompose, compose_runner
-from tests.unit.test_compose import NOT_A_SETTING, README
+from tests.unit.compose_runner import RunCompose, compose_model, compose_runner
+from tests.unit.test_compose import (
+    NOT_A_SETTING,
+    RABBITMQ_IMAGE,
+    README,
+    REQUIRED_VARIABLE,
+    env_example,
+)
 
 NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
 CLUSTER_VARIABLES_HEADING = "### Variables of `app-cluster`"
@@ -23,17 +27,15 @@ CLUSTER_VARIABLES_HEADING = "### Variables of `app-cluster`"
 
 @pytest.fixture(scope="module")
 def run_compose(tmp_path_factory: pytest.TempPathFactory) -> RunCompose:
-    """Docker Compose on compose/docker-compose.yml with the cluster profile."""
+    """Docker Compose on compose/docker-compose.yml with the cluster profile (and the
+    variables of compose/.env.example)."""
     run = compose_runner(tmp_path_factory.mktemp("docker-config"))
     return lambda *args: run("--profile", "cluster", *args)
 
 
 @pytest.fixture(scope="module")
 def model(run_compose: RunCompose) -> dict[str, Any]:
-    result = run_compose("config", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    loaded: dict[str, Any] = json.loads(result.stdout)
-    return loaded
+    return compose_model(run_compose)
 
 
 def settings_of(environment: dict[str, Any]) -> Settings:
@@ -55,14 +57,19 @@ def test_cluster_services(model: dict[str, Any]) -> None:
     services = model["services"]
     assert {*NODES, "app-cluster"} <= set(services)
     cookies = set()
+    lines = {RABBITMQ_IMAGE.fullmatch(services["rabbitmq"]["image"])}
     for name in NODES:
         node = services[name]
         assert node["profiles"] == ["cluster"]
         assert node["hostname"] == name  # the node name is rabbit@<hostname>
-        assert node["image"].endswith("-management")
+        lines.add(RABBITMQ_IMAGE.fullmatch(node["image"]))
         assert node["healthcheck"]["test"][0] == "CMD"
         cookies.add(node["environment"]["RABBITMQ_ERLANG_COOKIE"])
-    assert len(cookies) == 1  # one cookie: the nodes can talk to each other
+    assert None not in lines
+    # the same release line as the single broker
+    assert len({line.group(1) for line in lines if line is not None}) == 1
+    # one cookie, from compose/.env: the nodes can talk to each other
+    assert cookies == {env_example()["RABBITMQ_ERLANG_COOKIE"]}
     app = services["app-cluster"]
     assert app["profiles"] == ["cluster"]
     assert app["deploy"]["replicas"] == 3
@@ -86,15 +93,21 @@ def test_cluster_formation_and_definitions(model: dict[str, Any]) -> None:
     [vhost] = definitions["vhosts"]
     assert vhost["name"] == "/"
     assert vhost["metadata"]["default_queue_type"] == "quorum"  # read from metadata (3.13)
-    # the password hash is that of the password in the app's URLs (salted SHA-256)
+    # the user and password of compose/.env, the ones in every one of the app's URLs
+    # (RabbitMQ hashes a plain "password" when it imports the definitions)
     settings = settings_of(model["services"]["app-cluster"]["environment"])
-    first = urlsplit(settings.amqp_urls()[0])
+    example = env_example()
     [user] = definitions["users"]
-    assert user["name"] == first.username
-    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
-    raw = base64.b64decode(user["password_hash"])
-    salt, digest = raw[:4], raw[4:]
-    assert digest == hashlib.sha256(salt + (first.password or "").encode()).digest()
+    assert (user["name"], user["password"]) == (
+        example["RABBITMQ_DEFAULT_USER"],
+        example["RABBITMQ_DEFAULT_PASS"],
+    )
+    assert "password_hash" not in user
+    for url in settings.amqp_urls():
+        assert (urlsplit(url).username, urlsplit(url).password) == (
+            user["name"],
+            user["password"],
+        )
     [permission] = definitions["permissions"]
     assert (permission["user"], permission["vhost"]) == (user["name"], "/")
 
@@ -103,6 +116,7 @@ def test_app_cluster_settings(model: dict[str, Any]) -> None:
     settings = settings_of(model["services"]["app-cluster"]["environment"])
     hosts = [urlsplit(url).hostname for url in settings.amqp_urls()]
     assert hosts == list(NODES)
+    assert settings.mode == "amqp"
     assert settings.queue_type == "quorum"
     assert settings.lock_queue_type == "quorum"
     content = model["configs"]["rabbitmq-clusterbus"]["content"]
@@ -111,7 +125,11 @@ def test_app_cluster_settings(model: dict[str, Any]) -> None:
     assert int(broker.group(1)) == round(settings.consumer_timeout * 1000)
 
 
-def test_readme_lists_what_app_cluster_changes(model: dict[str, Any]) -> None:
+def test_readme_lists_what_app_cluster_changes(run_compose: RunCompose) -> None:
+    """As written in the file, secrets shown as ``${NAME}``."""
+    result = run_compose("config", "--no-interpolate", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    raw = json.loads(result.stdout)["services"]
     text = README.read_text(encoding="utf-8")
     assert CLUSTER_VARIABLES_HEADING in text
     section = text.split(CLUSTER_VARIABLES_HEADING, 1)[1].split("\n#", 1)[0]
@@ -121,10 +139,10 @@ def test_readme_lists_what_app_cluster_changes(model: dict[str, Any]) -> None:
         name = re.fullmatch(r"`(CLUSTERBUS_[A-Z0-9_]+)`", cells[0]) if cells else None
         if line.lstrip().startswith("|") and name is not None:
             listed[name.group(1)] = cells[1].strip("`")
-    app = model["services"]["app"]["environment"]
-    cluster = model["services"]["app-cluster"]["environment"]
+    app = raw["app"]["environment"]
+    cluster = raw["app-cluster"]["environment"]
     changed = {
-        name: value
+        name: REQUIRED_VARIABLE.sub(r"${\1}", value)
         for name, value in cluster.items()
         if name.startswith("CLUSTERBUS_") and app.get(name) != value
     }
