@@ -25,19 +25,10 @@ from bus.logs import get_logger
 from bus.memory import queue_file
 from bus.settings import Settings, redact_text
 from managers.envelope import Envelope
-from managers.errors import BusError, PayloadError
+from managers.errors import BusError
 from managers.names import DEAD_SUFFIX, queue_name
 from managers.queue import EventQueue
-from managers.queue_messages import (
-    HEADER_ATTEMPTS,
-    HEADER_ERROR,
-    HEADER_ERROR_TYPE,
-    HEADER_FAILED_AT,
-    HEADER_FAILED_BY,
-    HEADER_TRACEBACK,
-    DeadLetter,
-    from_ms,
-)
+from managers.queue_messages import DeadLetter, dead_letter_of
 
 if TYPE_CHECKING:
     from bus.amqp.transport import AmqpTransport
@@ -54,30 +45,6 @@ def with_url(settings: Settings, amqp_url: str | None) -> Settings:
     if amqp_url is None:
         return settings
     return Settings.model_validate({**settings.model_dump(), "amqp_url": SecretStr(amqp_url)})
-
-
-def dead_letter(envelope: Envelope, channel: str, codec: MsgpackCodec) -> DeadLetter:
-    """``envelope`` (a message of a dead queue) as a :class:`DeadLetter`, as
-    ``bus.queue.dead_letters()`` gives it (a payload that does not decode: its bytes)."""
-    headers = envelope.headers
-    message: object
-    try:
-        message = codec.decode(envelope.body)
-    except PayloadError:
-        message = envelope.body
-    attempts = headers.get(HEADER_ATTEMPTS, 0)
-    return DeadLetter(
-        id=envelope.message_id,
-        message=message,
-        error=str(headers.get(HEADER_ERROR, "")),
-        attempts=attempts if isinstance(attempts, int) else 0,
-        failed_by=str(headers.get(HEADER_FAILED_BY, "")),
-        failed_at=from_ms(headers.get(HEADER_FAILED_AT)) or 0.0,
-        trace_id=envelope.trace_id,
-        channel=channel,
-        error_type=str(headers.get(HEADER_ERROR_TYPE, "")),
-        traceback=str(headers.get(HEADER_TRACEBACK, "")),
-    )
 
 
 def missing_ids(present: Collection[str], ids: list[str]) -> list[str]:
@@ -156,7 +123,7 @@ class SavedDeadQueue(DeadQueue):
         return len(self._envelopes())
 
     async def letters(self) -> list[DeadLetter]:
-        return [dead_letter(e, self.channel, self.codec) for e in self._envelopes()]
+        return [dead_letter_of(e, self.channel, self.codec.decode) for e in self._envelopes()]
 
     async def replay(self, ids: list[str] | None) -> int:
         envelopes = self._envelopes()

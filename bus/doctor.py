@@ -16,9 +16,10 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from bus.amqp.transport import quietly
 from bus.doctor_checks import (
     MANAGEMENT_CHECKS,
     Check,
@@ -246,7 +247,7 @@ async def probe_node(
             ),
         ]
     finally:
-        await _quietly(connection.close, timeout)
+        await quietly(connection.close, timeout)
 
 
 def connect_error(exc: BaseException, url: str, timeout: float) -> str:
@@ -354,7 +355,7 @@ async def _clean_up(
     queue: str | None = None,
 ) -> None:
     """Close ``channel``; delete what a failed probe left, on a channel of its own."""
-    await _quietly(channel.close, 5)
+    await quietly(channel.close, 5)
     if exchange is None and queue is None:
         return
 
@@ -368,7 +369,7 @@ async def _clean_up(
         finally:
             await spare.close()
 
-    await _quietly(delete, 5)
+    await quietly(delete, 5)
 
 
 async def check_redis(settings: Settings, timeout: float) -> list[Check]:
@@ -389,22 +390,8 @@ async def check_redis(settings: Settings, timeout: float) -> list[Check]:
         failed = f"PING failed, {type(exc).__name__}: {detail}; Redis {redact_url(url)}"
         return [Check("redis", "fail", failed)]
     finally:
-        await _quietly(client.aclose, timeout)
+        await quietly(client.aclose, timeout)
     return [Check("redis", "ok", f"PING answered by {redact_url(url)}")]
-
-
-async def _quietly(operation: Callable[[], Awaitable[object]], timeout: float) -> None:
-    """Run a clean-up (a close, a delete) whose failure changes nothing, within ``timeout``
-    (aiormq re-raises a dead connection's CancelledError: only the caller's own propagates)."""
-    task = asyncio.current_task()
-    try:
-        async with asyncio.timeout(timeout):
-            await operation()
-    except asyncio.CancelledError:
-        if task is not None and task.cancelling():
-            raise
-    except Exception:
-        pass
 
 
 def _text(value: object) -> str:

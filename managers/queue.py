@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from pydantic import BaseModel
 
 from managers.envelope import Envelope, bound_trace_id, new_message_id
-from managers.errors import BusError, PayloadError
+from managers.errors import BusError
 from managers.handler_checks import check_process
 from managers.logger import Logger
 from managers.names import DEAD_SUFFIX, MAX_DELAY, check_message_id, queue_name, tier_suffix
@@ -20,17 +20,11 @@ from managers.protocols import Codec, QueueBackend
 from managers.queue_attempts import Process
 from managers.queue_dedupe import CompletedIds
 from managers.queue_messages import (
-    HEADER_ATTEMPTS,
-    HEADER_ERROR,
-    HEADER_ERROR_TYPE,
-    HEADER_FAILED_AT,
-    HEADER_FAILED_BY,
-    HEADER_TRACEBACK,
     DeadLetter,
     DelayTiers,
     QueueContext,
+    dead_letter_of,
     for_replay,
-    from_ms,
     initial_headers,
 )
 from managers.queue_worker import Idle, QueueSubscription, QueueWorker
@@ -349,30 +343,10 @@ class EventQueue:
         Their number is the dead queue's depth metric (when telemetry is on)."""
         queue = self._queue(channel, shared)
         self._require_started(channel)
-        letters = [self._dead_letter(channel, e) for e in await self._backend.dead_letters(queue)]
+        dead = await self._backend.dead_letters(queue)
+        letters = [dead_letter_of(e, channel, self._codec.decode) for e in dead]
         self._telemetry.record(DEAD_QUEUE_DEPTH, len(letters), {DESTINATION: queue})
         return letters
-
-    def _dead_letter(self, channel: str, envelope: Envelope) -> DeadLetter:
-        headers = envelope.headers
-        message: object
-        try:
-            message = self._codec.decode(envelope.body)
-        except PayloadError:
-            message = envelope.body
-        attempts = headers.get(HEADER_ATTEMPTS, 0)
-        return DeadLetter(
-            id=envelope.message_id,
-            message=message,
-            error=str(headers.get(HEADER_ERROR, "")),
-            attempts=attempts if isinstance(attempts, int) else 0,
-            failed_by=str(headers.get(HEADER_FAILED_BY, "")),
-            failed_at=from_ms(headers.get(HEADER_FAILED_AT)) or 0.0,
-            trace_id=envelope.trace_id,
-            channel=channel,
-            error_type=str(headers.get(HEADER_ERROR_TYPE, "")),
-            traceback=str(headers.get(HEADER_TRACEBACK, "")),
-        )
 
     async def replay(
         self, channel: str, ids: Collection[str] | None = None, *, shared: bool = False

@@ -7,7 +7,7 @@ import asyncio
 import math
 import reprlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -268,6 +268,32 @@ def for_replay(envelope: Envelope, *, max_timeout: float = MAX_HEADER_TIMEOUT) -
     changes[HEADER_NOT_BEFORE] = None
     changes[HEADER_ATTEMPT] = 0
     return forwarded(envelope, **changes)
+
+
+def dead_letter_of(
+    envelope: Envelope, channel: str, decode: Callable[[bytes], object]
+) -> DeadLetter:
+    """``envelope`` (a message of a dead queue) as a :class:`DeadLetter`; a payload that does
+    not decode (``decode`` raises) is given as its bytes."""
+    headers = envelope.headers
+    message: object
+    try:
+        message = decode(envelope.body)
+    except Exception:  # undecodable: the raw bytes, as documented
+        message = envelope.body
+    attempts = headers.get(HEADER_ATTEMPTS, 0)
+    return DeadLetter(
+        id=envelope.message_id,
+        message=message,
+        error=str(headers.get(HEADER_ERROR, "")),
+        attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
+        failed_by=str(headers.get(HEADER_FAILED_BY, "")),
+        failed_at=from_ms(headers.get(HEADER_FAILED_AT)) or 0.0,
+        trace_id=envelope.trace_id,
+        channel=channel,
+        error_type=str(headers.get(HEADER_ERROR_TYPE, "")),
+        traceback=str(headers.get(HEADER_TRACEBACK, "")),
+    )
 
 
 def error_text(text: str) -> str:
