@@ -44,20 +44,21 @@ def health_app(bus: Bus | Callable[[], Bus | None]) -> ASGIApp:
         target = current()
         if path.endswith("/live"):
             alive = target is not None and target.started
-            await _answer(send, 200 if alive else 503, {"status": "ok" if alive else "down"})
+            await answer_json(send, 200 if alive else 503, {"status": "ok" if alive else "down"})
         elif path.endswith(("/ready", "/health")) or path == "":
             if target is None:
-                await _answer(send, 503, {"status": "down", "reason": "no bus yet"})
+                await answer_json(send, 503, {"status": "down", "reason": "no bus yet"})
                 return
             health = await target.health()
-            await _answer(send, 200 if health.ok else 503, health.as_dict())
+            await answer_json(send, 200 if health.ok else 503, health.as_dict())
         else:
-            await _answer(send, 404, {"error": "not found: use /live or /ready"})
+            await answer_json(send, 404, {"error": "not found: use /live or /ready"})
 
     return app
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
+async def answer_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    """Send one HTTP response: ``body`` as JSON with ``status`` (never cached)."""
     payload = json.dumps(body).encode()
     await send(
         {

@@ -21,11 +21,11 @@ from bus.dlq_output import (
     print_json,
     print_letter,
     print_table,
-    shown,
 )
 from bus.dlq_source import DeadQueue, NotFound, dead_queue, with_url
 from bus.settings import Settings
 from bus.terminal import Terminal
+from bus.terminal import escaped as shown
 from managers.names import validate_app_name
 
 ACTIONS = ("list", "show", "replay", "purge")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from bus.terminal import Terminal
+from bus.terminal import escaped as shown
 from managers.queue_messages import DeadLetter
 
 HEADERS = ["id", "attempts", "error_type", "error", "failed_at", "age"]
@@ -29,16 +29,6 @@ HEX_DUMP_BYTES = 16 * 1024
 """``show`` dumps at most this many bytes of a raw payload (``--json`` carries all of it)."""
 MAX_DEPTH = 100
 """Containers of a payload nested deeper than this are shown as a short repr."""
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def shown(text: object) -> str:
-    """``text`` as it may be printed: control characters (terminal escapes a peer could forge)
-    and lone surrogates become escapes; the rest, ``[/]`` or ``[bold]`` included, is left as
-    it is (the terminal prints it literally, never as markup). Tabs and newlines stay."""
-    safe = str(text).encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", safe)
 
 
 def age(failed_at: float, now: float) -> str:

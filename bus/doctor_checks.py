@@ -13,7 +13,6 @@ import asyncio
 import base64
 import email.utils
 import json
-import re
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +23,7 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 from bus.settings import Settings, redact_text, redact_url
+from bus.terminal import escaped
 from managers.errors import BusError
 from managers.names import RESERVED_QUEUE_SUFFIX
 
@@ -58,14 +58,11 @@ NEEDS_MANAGEMENT = "needs --management-url (RabbitMQ management plugin)"
 MAX_LISTED = 10
 """How many leftover names a detail lists."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
 
 def one_line(text: object) -> str:
     """``text`` as a detail: URL passwords redacted, white space runs made one space, other
     control characters (terminal escapes) and lone surrogates escaped; the rest as it is."""
-    safe = redact_text(str(text)).encode("utf-8", "backslashreplace").decode("utf-8")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", " ".join(safe.split()))
+    return escaped(" ".join(redact_text(str(text)).split()))
 
 
 @dataclass(frozen=True)

@@ -149,10 +149,10 @@ class OtelTelemetry:
         message_id: str,
         headers: Mapping[str, Any],
         attempt: int | None = None,
-    ) -> Iterator[str | None]:
+    ) -> Iterator[None]:
         """A CONSUMER span continuing the headers' trace (a new trace without them)."""
         if not self._tracing():
-            yield None
+            yield
             return
         carrier = {name: _text(headers[name]) for name in _CARRIED if name in headers}
         parent = self._propagate.extract(carrier) if carrier else self._context.Context()
@@ -170,9 +170,8 @@ class OtelTelemetry:
             kind=self._trace.SpanKind.CONSUMER,
             attributes=attributes,
             links=links,
-        ) as span:
-            ids = span.get_span_context()
-            yield self._trace.format_trace_id(ids.trace_id) if ids.is_valid else None
+        ):
+            yield
 
     def internal(
         self, name: str, attributes: Attributes

@@ -9,6 +9,7 @@ this module is imported by the command line only (``import bus`` does not load i
 
 from __future__ import annotations
 
+import re
 import sys
 import unicodedata
 from typing import TYPE_CHECKING, TextIO
@@ -18,6 +19,16 @@ if TYPE_CHECKING:
 
 COLUMN_GAP = "  "
 """Between two columns of a plain table."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escaped(text: object) -> str:
+    """``text`` as it may be printed: control characters (terminal escapes a peer could
+    forge) and lone surrogates become escapes; tabs, newlines and everything else stay (the
+    terminal prints ``[/]`` or ``[bold]`` literally, never as markup)."""
+    safe = str(text).encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", safe)
 
 
 class Terminal:

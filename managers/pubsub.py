@@ -91,7 +91,6 @@ class PubSubManager:
         self._log = log
         self._stop_timeout = stop_timeout
         self._context = context
-        self._log_debug = log
         self._subs: dict[str, dict[Handler, Subscription]] = {}
         self._bound: set[str] = set()
         self._bind_lock = asyncio.Lock()
@@ -285,7 +284,7 @@ class PubSubManager:
             if not only_self:
                 await self._backend.publish(channel, envelope)
         self._telemetry.add(PUBLISHED, attributes={DESTINATION: destination})
-        if self._log_debug.is_enabled_for(logging.DEBUG):
+        if self._log.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "pubsub.publish",
                 channel=channel,
@@ -380,7 +379,7 @@ class PubSubManager:
         value: object,
     ) -> None:
         """Call the immediate handlers now (concurrently) and schedule the debounced ones."""
-        if self._log_debug.is_enabled_for(logging.DEBUG):
+        if self._log.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "pubsub.deliver",
                 channel=channel,

@@ -77,7 +77,6 @@ class EventQueue:
         self._stop_timeout = stop_timeout
         self._consumer_timeout = consumer_timeout
         self._context = context
-        self._log_debug = log
         self._subs: dict[str, QueueSubscription] = {}
         self._worker = QueueWorker(
             instance_id=instance_id,
@@ -292,7 +291,7 @@ class EventQueue:
             hop = self._tiers.hop(delay) if delay > 0 else 0
             await self._backend.publish(queue, envelope, hop)
         self._telemetry.add(PUBLISHED, attributes={DESTINATION: queue})
-        if self._log_debug.is_enabled_for(logging.DEBUG):
+        if self._log.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "queue.publish",
                 channel=channel,

@@ -109,7 +109,6 @@ class QueueWorker(IdleGate):
         self._log = log
         self._tiers = tiers
         self._context = context
-        self._log_debug = log
         self._tasks = TaskKeeper(log, "queue")
         self._requeue_delay = max(MIN_REQUEUE_DELAY, tiers.first)
         self._halt = asyncio.Event()
@@ -252,7 +251,7 @@ class QueueWorker(IdleGate):
                 sub, delivery, f"PayloadError: {exc}", attempt=ctx.attempt, attempts=ctx.attempt
             )
             return
-        if self._log_debug.is_enabled_for(logging.DEBUG):
+        if self._log.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "queue.start", attempt=ctx.attempt, redelivered=ctx.redelivered, timeout=ctx.timeout
             )
@@ -268,7 +267,7 @@ class QueueWorker(IdleGate):
             self._log.warning("queue.left_queued", attempt=ctx.attempt, reason="consumer closed")
             return
         if failure is None:
-            if self._log_debug.is_enabled_for(logging.DEBUG):
+            if self._log.is_enabled_for(logging.DEBUG):
                 self._log.debug("queue.success", attempt=ctx.attempt, seconds=took)
             if await self._ack(delivery) and sub.completed is not None:
                 sub.completed.add(envelope.message_id)

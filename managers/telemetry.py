@@ -9,7 +9,7 @@ the managers :data:`NO_TELEMETRY`, whose every call costs next to nothing.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
@@ -85,9 +85,9 @@ class Telemetry(Protocol):
         message_id: str,
         headers: Mapping[str, Any],
         attempt: int | None = None,
-    ) -> contextlib.AbstractContextManager[str | None]:
+    ) -> contextlib.AbstractContextManager[None]:
         """A CONSUMER span around one delivery or queue attempt, continuing the trace the
-        ``headers`` carry; yields its trace id (hex), or None without tracing."""
+        ``headers`` carry."""
 
     def internal(
         self, name: str, attributes: Attributes
@@ -115,19 +115,21 @@ class _NoSpan:
 NO_SPAN: Span = _NoSpan()
 """A span that records nothing."""
 
+# nullcontext objects are reusable and reentrant: one each serves every call
+_NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
+_NO_HEADERS_CONTEXT: contextlib.nullcontext[Mapping[str, str]] = contextlib.nullcontext(NO_HEADERS)
+
 
 class NoTelemetry:
     """:class:`Telemetry` that records nothing (OpenTelemetry not installed, or switched
     off)."""
 
-    @contextlib.contextmanager
     def producer(
         self, destination: str, *, message_id: str, routing_key: str | None = None
-    ) -> Iterator[Mapping[str, str]]:
+    ) -> contextlib.AbstractContextManager[Mapping[str, str]]:
         """No span; no headers."""
-        yield NO_HEADERS
+        return _NO_HEADERS_CONTEXT
 
-    @contextlib.contextmanager
     def consumer(
         self,
         destination: str,
@@ -135,15 +137,15 @@ class NoTelemetry:
         message_id: str,
         headers: Mapping[str, Any],
         attempt: int | None = None,
-    ) -> Iterator[str | None]:
+    ) -> contextlib.AbstractContextManager[None]:
         """No span."""
-        yield None
+        return _NOTHING
 
     def internal(
         self, name: str, attributes: Attributes
     ) -> contextlib.AbstractContextManager[None]:
         """No span."""
-        return contextlib.nullcontext()
+        return _NOTHING
 
     def start(self, name: str, attributes: Attributes) -> Span:
         """No span."""

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
-from bus.asgi import ASGIApp, Receive, Scope, Send, health_app
+from bus.asgi import ASGIApp, Receive, Scope, Send, answer_json, health_app
 from bus.logs import get_logger
 
 if TYPE_CHECKING:
@@ -66,21 +65,13 @@ def endpoints(bus: Callable[[], Bus | None]) -> ASGIApp:
         elif path == "/metrics" and metrics is not None:
             await metrics(scope, receive, send)
         elif path == "/metrics":
-            await _json(send, 404, {"error": why_not})
+            await answer_json(send, 404, {"error": why_not})
         else:
-            await _json(send, 404, {"error": "not found: /health/live, /health/ready, /metrics"})
+            await answer_json(
+                send, 404, {"error": "not found: /health/live, /health/ready, /metrics"}
+            )
 
     return app
-
-
-async def _json(send: Send, status: int, body: dict[str, str]) -> None:
-    payload = json.dumps(body).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
 
 
 def _listen(host: str, port: int) -> socket.socket:
