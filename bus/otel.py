@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -35,6 +37,8 @@ from managers.telemetry import (
 )
 
 _CARRIED = ("traceparent", "tracestate", "baggage")
+_RECHECK = 1.0
+"""How often (s) :attr:`OtelTelemetry.enabled` looks at the global providers again."""
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Histogram bucket boundaries (s) recommended for durations by the semantic conventions,
 widened at both ends."""
@@ -84,17 +88,32 @@ class OtelTelemetry:
         self._span_attributes: dict[tuple[str, str | None], dict[str, str]] = {}
         self._metric_attributes: dict[frozenset[tuple[str, Any]], dict[str, Any]] = {}
         self._unset_meter_provider = _unset_meter_provider_type()
+        self._checked_at = -math.inf
+        self._tracing_on = self._measuring_on = False
+
+    @property
+    def enabled(self) -> bool:
+        """True while the application has set a tracer or a meter provider (looked at
+        once a second: the API's default providers make only no-op spans and measurements,
+        and skipping them altogether costs far less)."""
+        now = time.monotonic()
+        if now >= self._checked_at + _RECHECK:
+            self._checked_at = now
+            self._tracing_on = self._tracer_provider_set()
+            self._measuring_on = self._meter_provider_set()
+        return self._tracing_on or self._measuring_on
 
     def _tracing(self) -> bool:
-        """True once the application set a tracer provider (the API's default makes only
-        no-op spans: then no span is made at all, which costs far less)."""
-        provider = self._trace.get_tracer_provider()
-        return not isinstance(
-            provider, (self._trace.ProxyTracerProvider, self._trace.NoOpTracerProvider)
-        )
+        return self.enabled and self._tracing_on
 
     def _measuring(self) -> bool:
-        """True once the application set a meter provider."""
+        return self.enabled and self._measuring_on
+
+    def _tracer_provider_set(self) -> bool:
+        unset = (self._trace.ProxyTracerProvider, self._trace.NoOpTracerProvider)
+        return not isinstance(self._trace.get_tracer_provider(), unset)
+
+    def _meter_provider_set(self) -> bool:
         provider = self._metrics.get_meter_provider()
         unset = self._unset_meter_provider
         return not (
@@ -120,11 +139,8 @@ class OtelTelemetry:
         self, destination: str, *, message_id: str, routing_key: str | None = None
     ) -> Iterator[Mapping[str, str]]:
         """A PRODUCER span; yields the headers carrying its context."""
-        if not self._tracing():  # no SDK: only pass on a context that came from elsewhere
-            carrier: dict[str, str] = {}
-            if self._trace.get_current_span().get_span_context().is_valid:
-                self._propagate.inject(carrier)
-            yield carrier or NO_HEADERS
+        if not self._tracing():  # no tracer provider: no span, no context carried
+            yield NO_HEADERS
             return
         attributes: dict[str, str] = {
             **self._attributes(destination, "publish"),
@@ -137,7 +153,7 @@ class OtelTelemetry:
             kind=self._trace.SpanKind.PRODUCER,
             attributes=attributes,
         ):
-            carrier = {}
+            carrier: dict[str, str] = {}
             self._propagate.inject(carrier)
             yield carrier
 
@@ -188,7 +204,9 @@ class OtelTelemetry:
         return _OtelSpan(self._tracer.start_span(name, attributes=dict(attributes)))
 
     def trace_id(self) -> str | None:
-        """The active span's trace id, or None."""
+        """The active span's trace id, or None (always None without a tracer provider)."""
+        if not self._tracing():
+            return None
         ids = self._trace.get_current_span().get_span_context()
         return self._trace.format_trace_id(ids.trace_id) if ids.is_valid else None
 

@@ -19,6 +19,7 @@ from managers.telemetry import (
     LOCK_HOLD,
     LOCK_LOST,
     LOCK_WAIT,
+    NO_SPAN,
     NO_TELEMETRY,
     Span,
     Telemetry,
@@ -203,8 +204,8 @@ class LockManager:
         deadline = None if timeout is None else asked + timeout
         self._log.debug("lock.acquire_requested", key=key, ttl=ttl, timeout=timeout)
         turns = self._turns.setdefault(key, _LocalTurns())
-        traced = _key_attributes(key)
-        wait = self._telemetry.start("lock acquire", traced)
+        traced = _key_attributes(key) if self._telemetry.enabled else {}
+        wait = self._telemetry.start("lock acquire", traced) if traced else NO_SPAN
         try:
             await turns.take(key, deadline, trying and timeout == 0)
             box: list[Lease] = []
@@ -250,7 +251,9 @@ class LockManager:
     def _trace_acquired(
         self, lease: Lease, wait: Span, traced: dict[str, str], waited: float
     ) -> None:
-        """End the acquire span, record the wait, start the hold span."""
+        """End the acquire span, record the wait, start the hold span (when traced)."""
+        if not traced:
+            return
         token = {"clusterbus.lock.token": lease.token}
         wait.end(token)
         prefix = {"clusterbus.lock.key_prefix": traced["clusterbus.lock.key_prefix"]}
@@ -296,10 +299,9 @@ class LockManager:
                 turns.pass_on()
                 self._forget_turns(lease.key)
         held = asyncio.get_running_loop().time() - lease.acquired_at
-        self._telemetry.record(
-            LOCK_HOLD, held, {"clusterbus.lock.key_prefix": key_prefix(lease.key)}
-        )
-        if lease.span is not None:
+        if lease.span is not None:  # traced when it was acquired
+            prefix = {"clusterbus.lock.key_prefix": key_prefix(lease.key)}
+            self._telemetry.record(LOCK_HOLD, held, prefix)
             lease.span.end({"clusterbus.lock.lost": lease.lost.is_set()})
         if not lease.lost.is_set():
             self._log.debug("lock.released", key=lease.key, token=lease.token, held=round(held, 6))

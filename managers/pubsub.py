@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -19,6 +19,7 @@ from managers.handler_checks import check_handler
 from managers.logger import Logger
 from managers.names import check_pubsub_channel, pubsub_name
 from managers.protocols import BroadcastBackend, Codec
+from managers.pubsub_subscription import Handler, Subscription
 from managers.tasks import TaskKeeper, cancel_after
 from managers.telemetry import (
     DELIVERED,
@@ -30,35 +31,6 @@ from managers.telemetry import (
     PUBLISHED,
     Telemetry,
 )
-
-Handler = Callable[[Any], Awaitable[None]]
-
-
-class Subscription:
-    """One handler subscribed to one channel; ``cancel()`` unsubscribes it."""
-
-    __slots__ = ("_manager", "channel", "debounce", "handler", "model")
-
-    def __init__(
-        self,
-        manager: PubSubManager,
-        channel: str,
-        handler: Handler,
-        debounce: float,
-        model: type[BaseModel] | None,
-    ) -> None:
-        self._manager = manager
-        self.channel = channel
-        self.handler = handler
-        self.debounce = debounce
-        self.model = model
-
-    async def cancel(self) -> None:
-        """Unsubscribe this handler from its channel."""
-        await self._manager.unsubscribe(self.channel, self.handler)
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.channel!r} {self.handler!r} debounce={self.debounce}>"
 
 
 class PubSubManager:
@@ -270,20 +242,13 @@ class PubSubManager:
         self.check_channel(channel)
         if not only_self and not self._started:
             raise BusError(f"cannot publish on {channel!r}: the bus is not started")
-        message_id = new_message_id()
-        destination = self._destination(channel)
         trace_id = trace_id or self._telemetry.trace_id() or bound_trace_id()
-        with self._telemetry.producer(destination, message_id=message_id) as carried:
-            envelope = Envelope.new(
-                body,
-                sender=self._instance_id,
-                trace_id=trace_id or self._telemetry.trace_id(),  # else the producer span's
-                message_id=message_id,
-                headers=carried,
-            )
+        if self._telemetry.enabled:
+            envelope = await self._publish_traced(channel, body, trace_id, only_self)
+        else:
+            envelope = Envelope.new(body, sender=self._instance_id, trace_id=trace_id)
             if not only_self:
                 await self._backend.publish(channel, envelope)
-        self._telemetry.add(PUBLISHED, attributes={DESTINATION: destination})
         if self._log.is_enabled_for(logging.DEBUG):
             self._log.debug(
                 "pubsub.publish",
@@ -307,6 +272,25 @@ class PubSubManager:
                 self._deliver(channel, envelope, self._codec.decode(body)), name="pubsub to self"
             )
         return envelope.message_id
+
+    async def _publish_traced(
+        self, channel: str, body: bytes, trace_id: str | None, only_self: bool
+    ) -> Envelope:
+        """Publish inside a PRODUCER span whose context the headers carry."""
+        message_id = new_message_id()
+        destination = self._destination(channel)
+        with self._telemetry.producer(destination, message_id=message_id) as carried:
+            envelope = Envelope.new(
+                body,
+                sender=self._instance_id,
+                trace_id=trace_id or self._telemetry.trace_id(),  # else the producer span's
+                message_id=message_id,
+                headers=carried,
+            )
+            if not only_self:
+                await self._backend.publish(channel, envelope)
+        self._telemetry.add(PUBLISHED, attributes={DESTINATION: destination})
+        return envelope
 
     def _destination(self, channel: str) -> str:
         return pubsub_name(self._app or "-", channel)
@@ -345,26 +329,36 @@ class PubSubManager:
         subs = self._subs.get(channel)
         if not subs:
             return
-        destination = self._destination(channel)
-        attributes = {DESTINATION: destination}
+        structlog.contextvars.bind_contextvars(
+            **self._context,
+            trace_id=envelope.trace_id,  # the message's (x-trace-id)
+            channel=channel,
+            message_id=envelope.message_id,
+        )
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
-        started = time.perf_counter()
         try:
-            with self._telemetry.consumer(
-                destination, message_id=envelope.message_id, headers=envelope.headers
-            ):
-                structlog.contextvars.bind_contextvars(
-                    **self._context,
-                    trace_id=envelope.trace_id,  # the message's (x-trace-id)
-                    channel=channel,
-                    message_id=envelope.message_id,
-                )
+            if self._telemetry.enabled:
+                await self._deliver_traced(channel, subs, envelope, value)
+            else:
                 await self._run_handlers(channel, subs, envelope, value)
         finally:
             if task is not None:
                 self._inflight.discard(task)
+
+    async def _deliver_traced(
+        self, channel: str, subs: dict[Handler, Subscription], envelope: Envelope, value: object
+    ) -> None:
+        """Run the handlers inside a CONSUMER span, and measure them."""
+        attributes = {DESTINATION: self._destination(channel)}
+        started = time.perf_counter()
+        try:
+            with self._telemetry.consumer(
+                attributes[DESTINATION], message_id=envelope.message_id, headers=envelope.headers
+            ):
+                await self._run_handlers(channel, subs, envelope, value)
+        finally:
             self._telemetry.add(DELIVERED, attributes=attributes)
             self._telemetry.record(PROCESS_DURATION, time.perf_counter() - started, attributes)
             if envelope.timestamp:
@@ -429,8 +423,9 @@ class PubSubManager:
             await sub.handler(payload)
         except Exception:
             self._log.exception("pubsub.handler_failed", handler=_name(sub.handler))
-            destination = self._destination(sub.channel)
-            self._telemetry.add(FAILED, attributes={DESTINATION: destination})
+            if self._telemetry.enabled:
+                destination = self._destination(sub.channel)
+                self._telemetry.add(FAILED, attributes={DESTINATION: destination})
 
     @property
     def pending_debounced(self) -> int:

@@ -72,6 +72,11 @@ class Span(Protocol):
 class Telemetry(Protocol):
     """Tracing and metrics, as the managers use them."""
 
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is recorded now: hot paths skip telemetry (spans, attribute
+        dicts, clocks) altogether while it is False."""
+
     def producer(
         self, destination: str, *, message_id: str, routing_key: str | None = None
     ) -> contextlib.AbstractContextManager[Mapping[str, str]]:
@@ -123,6 +128,8 @@ _NO_HEADERS_CONTEXT: contextlib.nullcontext[Mapping[str, str]] = contextlib.null
 class NoTelemetry:
     """:class:`Telemetry` that records nothing (OpenTelemetry not installed, or switched
     off)."""
+
+    enabled = False
 
     def producer(
         self, destination: str, *, message_id: str, routing_key: str | None = None
