@@ -321,7 +321,9 @@ class AmqpLocks:
             seen.append(claim.inbox.get_nowait())
         foreign = max((token_of(m) for m in seen if m.message_id not in claim.own), default=-1)
         own = max((token_of(m) for m in seen if m.message_id in claim.own), default=0)
-        token = max(foreign + 1, claim.proposal, own)
+        # now_us(): above every earlier holder's generation even when the token carrying it
+        # has not reached us yet (no generation is above its holder's clock at its take)
+        token = max(foreign + 1, claim.proposal, own, now_us())
         keep = max(seen, key=token_of)
         claim.held, claim.token, claim.state = keep, token, "holding"
         for message in seen:
