@@ -8,7 +8,6 @@ stamped before the previous holder took the key, whose hand-on token has not arr
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, cast
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -68,9 +67,8 @@ async def test_the_generation_is_above_every_token_seen() -> None:
 
 async def test_generations_of_successive_takes_strictly_increase() -> None:
     previous = 0
-    for _ in range(50):
-        claim = _claim(0, {"x"})
-        await _take(claim, _Token(0, "x"))
+    for turn in range(50):  # each holder is handed the previous one's token
+        claim = _claim(0, {"ours"})
+        await _take(claim, _Token(previous, f"hand-on {turn}"))
         assert claim.token > previous
         previous = claim.token
-        await asyncio.sleep(0)
